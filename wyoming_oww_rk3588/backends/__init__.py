@@ -1,0 +1,1 @@
+"""Backends: one file each, chosen by name (see select.py)."""

@@ -1,0 +1,107 @@
+"""CPU backends over onnxruntime: the exact reference path, and the fallback for every other.
+
+The graphs are the shipped ONNX files, rewritten by `graphs.py` only to batch and stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import onnx
+
+from .. import graphs
+from ..errors import BackendUnavailable, ModelError
+from ..models.registry import ModelInfo, builtin_feature_path
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def session_options(threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # onnxruntime's shape-merge warnings are noise here
+    return options
+
+
+def make_session(model: onnx.ModelProto | str, threads: int = 1):
+    import onnxruntime as ort
+
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(source, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+
+
+class CpuFeatures:
+    """Melspectrogram and speech embedding on onnxruntime, batched and streaming."""
+
+    name = "cpu"
+
+    def __init__(self, threads: int = 1) -> None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as err:
+            raise BackendUnavailable("onnxruntime is not installed; pip install onnxruntime") from err
+        mel_model = onnx.load(str(builtin_feature_path("melspectrogram")))
+        embedding_model = onnx.load(str(builtin_feature_path("embedding")))
+        self._mel = make_session(graphs.batched_mel(mel_model), threads)
+        streaming, self.layout = graphs.streaming_embedding(embedding_model)
+        self._step = make_session(streaming, threads)
+        self._window = make_session(embedding_model, threads)
+        self._state_names = list(self.layout.state_names)
+
+    def melspectrogram(self, audio: np.ndarray) -> np.ndarray:
+        out = self._mel.run(None, {"input": np.ascontiguousarray(audio, dtype=np.float32)})[0]
+        return out[:, 0]  # [B, 1, F, 32] -> [B, F, 32]
+
+    def embed_step(self, mel: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        feeds = {"mel": np.ascontiguousarray(mel[..., None], dtype=np.float32)}
+        feeds.update(zip(self._state_names, states))
+        out = self._step.run(None, feeds)
+        return out[0], out[1:]
+
+    def embed_windows(self, mel: np.ndarray) -> np.ndarray:
+        if len(mel) == 0:
+            return np.zeros((0, 96), np.float32)
+        out = self._window.run(None, {"input_1": np.ascontiguousarray(mel[..., None], dtype=np.float32)})[0]
+        return out.reshape(len(mel), 96)
+
+    def close(self) -> None:
+        pass
+
+
+class CpuHeads:
+    """Wake-word heads (ONNX) on onnxruntime, one batched call per head per step."""
+
+    name = "cpu"
+
+    def __init__(self, threads: int = 1) -> None:
+        self._threads = threads
+        self._sessions: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def unsupported_reason(self, model: ModelInfo) -> str | None:
+        return None if model.format == "onnx" else f"{model.format} heads need the tflite backend"
+
+    def load(self, model: ModelInfo) -> None:
+        with self._lock:
+            if model.name in self._sessions:
+                return
+            try:
+                session = make_session(graphs.batched_head(onnx.load(str(model.path))), self._threads)
+            except Exception as err:  # noqa: BLE001 - onnx/ort raise many types for a bad file
+                raise ModelError(f"{model.path.name} cannot be loaded by onnxruntime ({err}); replace the file") from err
+            self._sessions[model.name] = (session, session.get_inputs()[0].name)
+
+    def score(self, model: ModelInfo, windows: np.ndarray) -> np.ndarray:
+        if model.name not in self._sessions:
+            self.load(model)
+        session, input_name = self._sessions[model.name]
+        out = session.run(None, {input_name: np.ascontiguousarray(windows, dtype=np.float32)})[0]
+        return out.reshape(len(windows), model.n_outputs)
+
+    def close(self) -> None:
+        self._sessions.clear()

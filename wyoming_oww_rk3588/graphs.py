@@ -1,0 +1,181 @@
+"""ONNX graph rewrites that make openWakeWord's models batchable and streamable.
+
+The weights stay those of the shipped files; only the plumbing around them changes:
+- mel: the final `Clip(x, ReduceMax(x) - 80, inf)` takes its maximum per batch row,
+  so many streams share one call without changing any stream's numbers;
+- embedding: each time-kernel-3 conv gets a 2-row state input/output (streaming form),
+  so one new embedding per 80 ms step costs ~1/8 of a 76-frame window;
+- heads: a symbolic batch dimension; hey_jarvis's `If` verifier becomes a `Where`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+#: Rows of context a time-kernel-3 valid convolution needs from the previous step.
+CONV_CONTEXT_ROWS = 2
+
+
+def _set_batch_dim(value_info: onnx.ValueInfoProto, name: str = "batch") -> None:
+    dim0 = value_info.type.tensor_type.shape.dim[0]
+    dim0.Clear()
+    dim0.dim_param = name
+
+
+def _const(name: str, array: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array, name))
+
+
+def batched_mel(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return the mel graph with its top-80-dB clip computed per batch row.
+
+    Input `input` [B, samples] float32 -> output [B, 1, frames, 32] (before x/10 + 2).
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    nodes = list(graph.node)
+    reduce_max = next(n for n in nodes if n.op_type == "ReduceMax")
+    final_clip = next(n for n in nodes if n.op_type == "Clip" and n.output[0] == graph.output[0].name)
+    # ReduceMax over everything but the batch axis, kept as [B, 1, 1, 1] so Sub/Max broadcast.
+    for attr in list(reduce_max.attribute):
+        reduce_max.attribute.remove(attr)
+    reduce_max.attribute.extend(
+        [helper.make_attribute("keepdims", 1), helper.make_attribute("axes", [1, 2, 3])]
+    )
+    # Clip's min must be a scalar; Max(x, floor) is the same function with a per-row floor.
+    index = nodes.index(final_clip)
+    graph.node.remove(final_clip)
+    graph.node.insert(
+        index, helper.make_node("Max", [final_clip.input[0], final_clip.input[1]], [final_clip.output[0]])
+    )
+    del graph.output[:]
+    graph.output.extend(
+        [helper.make_tensor_value_info(final_clip.output[0], TensorProto.FLOAT, ["batch", 1, "frames", 32])]
+    )
+    used = {i for n in graph.node for i in n.input}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+    del graph.value_info[:]
+    onnx.checker.check_model(model)
+    return model
+
+
+@dataclass(frozen=True)
+class StreamingLayout:
+    """Shapes of the streaming embedding graph's state tensors (one per time-kernel-3 conv).
+
+    `state_shapes[i]` is [channels, 2, freq] for one stream (NCHW without N).
+    """
+
+    state_names: tuple[str, ...]
+    state_shapes: tuple[tuple[int, int, int], ...]
+    frames_per_step: int = 8
+
+
+def streaming_embedding(model: onnx.ModelProto) -> tuple[onnx.ModelProto, StreamingLayout]:
+    """Rewrite the 76-frame embedding graph into a stateful streaming step.
+
+    Inputs: `mel` [B, 8, 32, 1] (the step's 8 new mel frames, NHWC like the original),
+    then one state per time-kernel-3 conv, `state_i` [B, C_i, 2, F_i].
+    Outputs: `embedding` [B, 96], then `state_i_out` (the conv input's last 2 rows).
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    nodes = list(graph.node)
+    first, last = nodes[0], nodes[-1]
+    assert first.op_type == "Reshape" and last.op_type == "Reshape", "unexpected embedding graph"
+
+    new_nodes: list[onnx.NodeProto] = [
+        # NHWC -> NCHW; the original Reshape does the same for a 1-channel input.
+        helper.make_node("Transpose", ["mel"], [first.output[0]], perm=[0, 3, 1, 2])
+    ]
+    state_inputs, state_outputs, names, shapes = [], [], [], []
+    # Frequency size entering each layer, tracked to size the states.
+    freq = 32
+    for node in nodes[1:-1]:
+        if node.op_type == "MaxPool":
+            kernel = next(a.ints for a in node.attribute if a.name == "kernel_shape")
+            freq //= kernel[1]
+        if node.op_type == "Conv":
+            kernel = next(a.ints for a in node.attribute if a.name == "kernel_shape")
+            if kernel[0] == 3:
+                i = len(names)
+                cin = inits[node.input[1]].shape[1]
+                name = f"state_{i}"
+                joined = f"{name}_joined"
+                new_nodes.append(helper.make_node("Concat", [name, node.input[0]], [joined], axis=2))
+                starts, ends, axes = f"{name}_s", f"{name}_e", f"{name}_a"
+                new_nodes += [
+                    _const(starts, np.array([-CONV_CONTEXT_ROWS], np.int64)),
+                    _const(ends, np.array([np.iinfo(np.int64).max], np.int64)),
+                    _const(axes, np.array([2], np.int64)),
+                    helper.make_node("Slice", [joined, starts, ends, axes], [f"{name}_out"]),
+                ]
+                conv = onnx.NodeProto()
+                conv.CopyFrom(node)
+                conv.input[0] = joined
+                new_nodes.append(conv)
+                state_inputs.append(
+                    helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", cin, 2, freq])
+                )
+                state_outputs.append(
+                    helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, ["batch", cin, 2, freq])
+                )
+                names.append(name)
+                shapes.append((int(cin), CONV_CONTEXT_ROWS, freq))
+                continue
+        new_nodes.append(node)
+    # [B, 96, 1, 1] -> [B, 96]
+    new_nodes.append(helper.make_node("Flatten", [last.input[0]], ["embedding"], axis=1))
+
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.input[:]
+    graph.input.extend(
+        [helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["batch", 8, 32, 1])] + state_inputs
+    )
+    del graph.output[:]
+    graph.output.extend(
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 96])] + state_outputs
+    )
+    # Drop the now unused Reshape shape constants.
+    used = {i for n in graph.node for i in n.input}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+    del graph.value_info[:]
+    onnx.checker.check_model(model)
+    return model, StreamingLayout(tuple(names), tuple(shapes))
+
+
+def batched_head(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give a head a symbolic batch dimension; turn an `If` verifier into a per-row `Where`."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    _set_batch_dim(graph.input[0])
+    _set_batch_dim(graph.output[0])
+    for node in list(graph.node):
+        if node.op_type != "If":
+            continue
+        branches = {a.name: a.g for a in node.attribute}
+        then_g, else_g = branches["then_branch"], branches["else_branch"]
+        index = list(graph.node).index(node)
+        # The condition was Cast(GreaterOrEqual(...)) to bool; Where takes it as is.
+        inlined = list(then_g.node) + list(else_g.node)
+        graph.initializer.extend(then_g.initializer)
+        graph.initializer.extend(else_g.initializer)
+        where = helper.make_node(
+            "Where", [node.input[0], then_g.output[0].name, else_g.output[0].name], [node.output[0]]
+        )
+        graph.node.remove(node)
+        for offset, extra in enumerate(inlined + [where]):
+            graph.node.insert(index + offset, extra)
+    del graph.value_info[:]
+    onnx.checker.check_model(model)
+    return model

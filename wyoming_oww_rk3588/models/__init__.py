@@ -1,0 +1,1 @@
+"""Model files and the registry that names them."""
