@@ -1,0 +1,86 @@
+"""Helpers that run the real openWakeWord 0.6.0 package and this engine on the same audio."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from wyoming_oww_rk3588.features import FRAME_SAMPLES
+from wyoming_oww_rk3588.models.registry import BUILTIN_DIR, normalize_name
+
+AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+if not AUDIO_DIR.is_dir():  # CI clones the repo elsewhere; the clips are vendored under tests/
+    AUDIO_DIR = Path(__file__).parent / "audio"
+
+#: DESIGN.md's exactness contract, absolute score difference.
+CPU_TOLERANCE = 1e-4
+# A window holds only the stream's own audio from step (head window + 9): the embedding of
+# step k covers mel frames 8k-79 .. 8k-4, all the stream's own from k = 10.
+FIRST_OWN_EMBEDDING_STEP = 10
+
+
+def first_exact_step(window: int) -> int:
+    return window + FIRST_OWN_EMBEDDING_STEP - 1
+
+
+def load_wav(name: str) -> np.ndarray:
+    with wave.open(str(AUDIO_DIR / name)) as handle:
+        assert handle.getframerate() == 16000 and handle.getsampwidth() == 2 and handle.getnchannels() == 1
+        return np.frombuffer(handle.readframes(handle.getnframes()), np.int16).copy()
+
+
+def padded(clip: np.ndarray, before_s: float = 1.0, after_s: float = 1.5) -> np.ndarray:
+    audio = np.concatenate([np.zeros(int(before_s * 16000), np.int16), clip, np.zeros(int(after_s * 16000), np.int16)])
+    return audio[: len(audio) // FRAME_SAMPLES * FRAME_SAMPLES]
+
+
+def oww_model(stems: list[str]):
+    """openWakeWord 0.6.0 on the ONNX framework with the very files this package ships."""
+    from openwakeword.model import Model
+
+    return Model(
+        wakeword_models=[str(BUILTIN_DIR / f"{stem}.onnx") for stem in stems],
+        inference_framework="onnx",
+        melspec_model_path=str(BUILTIN_DIR / "melspectrogram.onnx"),
+        embedding_model_path=str(BUILTIN_DIR / "embedding_model.onnx"),
+    )
+
+
+def _label(key: str) -> str:
+    """openWakeWord names path-loaded models by file stem, and timer classes by column."""
+    import openwakeword
+
+    timer = openwakeword.model_class_mappings["timer"]
+    if key in timer:
+        return timer[key]
+    return normalize_name(key)
+
+
+def oww_scores(audio: np.ndarray, stems: list[str]) -> list[dict[str, float]]:
+    """Per-step scores from openWakeWord fed 1280-sample chunks, keyed by our labels."""
+    model = oww_model(stems)
+    return [
+        {_label(k): float(v) for k, v in model.predict(audio[i : i + FRAME_SAMPLES]).items()}
+        for i in range(0, len(audio) - FRAME_SAMPLES + 1, FRAME_SAMPLES)
+    ]
+
+
+def engine_scores(engine, audios: list[np.ndarray], names: list[str]) -> list[list[dict[str, float]]]:
+    """Per-step scores of several streams advanced together through one engine."""
+    models = [(n, engine.registry.resolve(n)) for n in names]
+    streams = [engine.open_stream(models) for _ in audios]
+    out: list[list[dict[str, float]]] = [[] for _ in audios]
+    steps = max(len(a) for a in audios) // FRAME_SAMPLES
+    for step in range(steps):
+        live = []
+        for i, (stream, audio) in enumerate(zip(streams, audios)):
+            chunk = audio[step * FRAME_SAMPLES : (step + 1) * FRAME_SAMPLES]
+            if len(chunk) == FRAME_SAMPLES:
+                stream.add_samples(chunk)
+                live.append(i)
+        engine.process([streams[i] for i in live])
+        for i in live:
+            out[i].append(dict(streams[i].scores))
+    return out

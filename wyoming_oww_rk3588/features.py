@@ -1,0 +1,142 @@
+"""The features stage: 80 ms steps of int16 audio -> one 96-d embedding per stream per step.
+
+The stage math lives here once (framing, openWakeWord's `x/10 + 2`, silence padding);
+backends only run the two models. Streams start as if preceded by silence, never by
+openWakeWord's random-noise embeddings, so padding alone can never look like a wake word.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backends.base import FeatureBackend
+
+_LOGGER = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+FRAME_SAMPLES = 1280  # one 80 ms step
+MS_PER_STEP = FRAME_SAMPLES * 1000 // SAMPLE_RATE  # 80
+MEL_HOP_SAMPLES = 160
+MEL_WINDOW_SAMPLES = 512
+MEL_CONTEXT_SAMPLES = 3 * MEL_HOP_SAMPLES  # openWakeWord re-reads 480 old samples each step
+MEL_FRAMES_PER_STEP = 8
+MEL_BINS = 32
+WINDOW_FRAMES = 76  # mel frames per embedding window
+EMBEDDING_DIM = 96
+# openWakeWord's first step sees only 1280 samples, so 5 mel frames; 3 silence frames in
+# front keep every step at 8 frames and the stride-8 alignment of its windows.
+FIRST_STEP_MEL_FRAMES = (FRAME_SAMPLES - MEL_WINDOW_SAMPLES) // MEL_HOP_SAMPLES + 1
+# Steps of silence that fill every streaming state (receptive field 76 frames < 10 * 8).
+_WARMUP_STEPS = WINDOW_FRAMES // MEL_FRAMES_PER_STEP + 1
+
+
+def scale_mel(raw: np.ndarray) -> np.ndarray:
+    """openWakeWord's fixed transform of the mel model's output (float32 in, float32 out)."""
+    return raw / np.float32(10) + np.float32(2)
+
+
+@dataclass
+class FeatureState:
+    """One stream's features state: plain arrays, moved between backends as is."""
+
+    context: np.ndarray  # [480] int16: the previous step's last samples
+    conv_states: list[np.ndarray]  # per time-conv layer [C, 2, F]
+    embeddings: np.ndarray  # [history, 96], newest last
+    steps: int = 0  # 80 ms steps processed
+
+    def window(self, length: int) -> np.ndarray:
+        return self.embeddings[-length:]
+
+
+@dataclass
+class SilenceStart:
+    """What a stream's buffers hold before its first sample: the model's view of silence."""
+
+    mel_frame: np.ndarray  # [32], scaled
+    conv_states: list[np.ndarray] = field(default_factory=list)
+    embedding: np.ndarray = field(default_factory=lambda: np.zeros(EMBEDDING_DIM, np.float32))
+
+
+def silence_start(backend: FeatureBackend) -> SilenceStart:
+    """Run the models on digital silence until every state depends on silence only."""
+    zeros = np.zeros((1, FRAME_SAMPLES + MEL_CONTEXT_SAMPLES), np.float32)
+    mel_frame = scale_mel(backend.melspectrogram(zeros))[0, -1]
+    states = [np.zeros((1, *shape), np.float32) for shape in backend.layout.state_shapes]
+    steps = np.broadcast_to(mel_frame, (1, MEL_FRAMES_PER_STEP, MEL_BINS)).astype(np.float32)
+    embedding = None
+    for _ in range(_WARMUP_STEPS):
+        embedding, states = backend.embed_step(steps, states)
+    return SilenceStart(mel_frame=mel_frame, conv_states=[s[0].copy() for s in states], embedding=embedding[0].copy())
+
+
+class FeaturePipeline:
+    """Turns ready 80 ms frames of many streams into embeddings, one batch per model.
+
+    A failing accelerator backend is replaced by `fallback` (the CPU) for every stream, and
+    the step is recomputed there from the same, untouched states: no frame is lost.
+    """
+
+    def __init__(self, backend: FeatureBackend, fallback_factory=None) -> None:
+        self.backend = backend
+        self._fallback_factory = fallback_factory
+        self.silence = silence_start(backend)
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    def new_state(self, history: int) -> FeatureState:
+        return FeatureState(
+            context=np.zeros(MEL_CONTEXT_SAMPLES, np.int16),
+            conv_states=[s.copy() for s in self.silence.conv_states],
+            embeddings=np.tile(self.silence.embedding, (max(history, 1), 1)),
+        )
+
+    def _run(self, method: str, *args):
+        try:
+            return getattr(self.backend, method)(*args)
+        except Exception as err:  # noqa: BLE001 - any accelerator failure moves work to CPU
+            if self._fallback_factory is None or self.backend.name == "cpu":
+                raise
+            _LOGGER.error(
+                "Features backend %s failed (%s); moving all streams to the CPU backend",
+                self.backend.name, err,
+            )
+            failed, self.backend = self.backend, self._fallback_factory()
+            try:
+                failed.close()
+            except Exception:  # noqa: BLE001 - the failed device may not close cleanly
+                pass
+            return getattr(self.backend, method)(*args)
+
+    def mel_steps(self, states: list[FeatureState], frames: np.ndarray) -> np.ndarray:
+        """frames [B, 1280] int16 -> scaled mel [B, 8, 32] (per stream, per step clipping)."""
+        batch = len(states)
+        mel = np.empty((batch, MEL_FRAMES_PER_STEP, MEL_BINS), np.float32)
+        first = np.array([s.steps == 0 for s in states], bool)
+        if (~first).any():
+            rows = np.flatnonzero(~first)
+            audio = np.concatenate([np.stack([states[i].context for i in rows]), frames[rows]], axis=1)
+            mel[rows] = scale_mel(self._run("melspectrogram", audio.astype(np.float32)))
+        if first.any():
+            rows = np.flatnonzero(first)
+            fresh = scale_mel(self._run("melspectrogram", frames[rows].astype(np.float32)))
+            mel[rows, : MEL_FRAMES_PER_STEP - FIRST_STEP_MEL_FRAMES] = self.silence.mel_frame
+            mel[rows, MEL_FRAMES_PER_STEP - FIRST_STEP_MEL_FRAMES :] = fresh
+        return mel
+
+    def step(self, states: list[FeatureState], frames: np.ndarray) -> np.ndarray:
+        """Advance every stream by one 80 ms frame; returns the new embeddings [B, 96]."""
+        mel = self.mel_steps(states, frames)
+        gathered = [np.stack(layer) for layer in zip(*(s.conv_states for s in states))]
+        embeddings, new_states = self._run("embed_step", mel, gathered)
+        for i, state in enumerate(states):
+            state.conv_states = [layer[i] for layer in new_states]
+            state.context = frames[i, -MEL_CONTEXT_SAMPLES:].copy()
+            state.embeddings[:-1] = state.embeddings[1:]
+            state.embeddings[-1] = embeddings[i]
+            state.steps += 1
+        return embeddings

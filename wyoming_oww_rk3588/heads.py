@@ -1,0 +1,73 @@
+"""The heads stage: one batched call per wake-word model per step, on the backend that can run it.
+
+Each model goes to the first backend in the ordered list that supports it (asked, not
+tried); a backend that fails mid-stream is replaced by the CPU for that model, and the
+call is redone there, so no step's score is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .backends.base import HeadBackend
+from .errors import BackendUnavailable, ModelError
+from .models.registry import ModelInfo
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class HeadRunner:
+    def __init__(self, backends: list[HeadBackend], cpu_factory) -> None:
+        self.backends = backends
+        self._cpu_factory = cpu_factory
+        self._cpu: HeadBackend | None = next((b for b in backends if b.name == "cpu"), None)
+        self._assigned: dict[str, HeadBackend] = {}
+
+    @property
+    def cpu(self) -> HeadBackend:
+        if self._cpu is None:
+            self._cpu = self._cpu_factory()
+        return self._cpu
+
+    def backend_for(self, model: ModelInfo) -> HeadBackend:
+        """Pick (once) and load the backend that runs `model`; raises ModelError if none can."""
+        backend = self._assigned.get(model.name)
+        if backend is not None:
+            return backend
+        reasons = []
+        for candidate in self.backends:
+            reason = candidate.unsupported_reason(model)
+            if reason is None:
+                try:
+                    candidate.load(model)
+                except BackendUnavailable as err:
+                    reasons.append(f"{candidate.name}: {err}")
+                    continue
+                if reasons:
+                    _LOGGER.warning("Model %s runs on %s (%s)", model.name, candidate.name, "; ".join(reasons))
+                self._assigned[model.name] = candidate
+                return candidate
+            reasons.append(f"{candidate.name}: {reason}")
+        raise ModelError(f"no heads backend can run {model.name}: {'; '.join(reasons)}")
+
+    def names(self) -> dict[str, str]:
+        return {name: backend.name for name, backend in self._assigned.items()}
+
+    def score(self, model: ModelInfo, windows: np.ndarray) -> np.ndarray:
+        backend = self.backend_for(model)
+        try:
+            return backend.score(model, windows)
+        except Exception as err:  # noqa: BLE001 - any accelerator failure moves the model to CPU
+            if backend.name == "cpu" or model.format != "onnx":
+                raise
+            _LOGGER.error("Heads backend %s failed on %s (%s); running %s on the CPU from now on",
+                          backend.name, model.name, err, model.name)
+            self.cpu.load(model)
+            self._assigned[model.name] = self.cpu
+            return self.cpu.score(model, windows)
+
+    def close(self) -> None:
+        for backend in {id(b): b for b in [*self.backends, *self._assigned.values()]}.values():
+            backend.close()

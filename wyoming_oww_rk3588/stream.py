@@ -1,0 +1,39 @@
+"""One audio stream's state, as plain data: pending samples, features buffers, detector counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .detector import DetectorConfig, LabelState
+from .features import FRAME_SAMPLES, FeatureState
+from .models.registry import ModelInfo
+
+
+@dataclass
+class StreamState:
+    models: list[tuple[str, ModelInfo]]  # (name the client asked for, model)
+    features: FeatureState
+    detector: DetectorConfig
+    labels: dict[str, LabelState] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # latest score per label
+    chunks: list[np.ndarray] = field(default_factory=list)  # int16 samples not yet framed
+    pending_samples: int = 0
+
+    def add_samples(self, samples: np.ndarray) -> None:
+        if len(samples):
+            self.chunks.append(samples)
+            self.pending_samples += len(samples)
+
+    @property
+    def ready(self) -> bool:
+        return self.pending_samples >= FRAME_SAMPLES
+
+    def take_frame(self) -> np.ndarray:
+        """The next 1280 samples (call only when `ready`)."""
+        buffer = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+        frame, rest = buffer[:FRAME_SAMPLES], buffer[FRAME_SAMPLES:]
+        self.chunks = [rest] if len(rest) else []
+        self.pending_samples = len(rest)
+        return frame
