@@ -66,16 +66,22 @@ class Engine:
             detector=detector or self.detector,
         )
 
-    def process(self, streams: Sequence[StreamState]) -> list[tuple[StreamState, Detection]]:
-        """Run rounds until no stream has a full frame left; returns detections in order."""
+    def process(
+        self, streams: Sequence[StreamState], max_rounds: int | None = None
+    ) -> list[tuple[StreamState, Detection]]:
+        """Run rounds (one frame per ready stream each) until no stream has a full frame
+        left, or `max_rounds`; returns the detections in order."""
         detections: list[tuple[StreamState, Detection]] = []
-        while True:
+        rounds = 0
+        while max_rounds is None or rounds < max_rounds:
             ready = [s for s in streams if s.ready]
             if not ready:
-                return detections
+                break
+            rounds += 1
             frames = np.stack([s.take_frame() for s in ready])
             self.features.step([s.features for s in ready], frames)
             self._score(ready, detections)
+        return detections
 
     def _score(self, streams: list[StreamState], detections: list) -> None:
         members: dict[str, tuple[ModelInfo, list[tuple[StreamState, str]]]] = {}
