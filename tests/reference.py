@@ -10,9 +10,8 @@ import numpy as np
 from wyoming_oww_rk3588.features import FRAME_SAMPLES
 from wyoming_oww_rk3588.models.registry import BUILTIN_DIR, normalize_name
 
-AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
-if not AUDIO_DIR.is_dir():  # CI clones the repo elsewhere; the clips are vendored under tests/
-    AUDIO_DIR = Path(__file__).parent / "audio"
+# Copies of ../shared/audio (openWakeWord's test clips, Apache-2.0; see audio/SOURCE.md).
+AUDIO_DIR = Path(__file__).parent / "audio"
 
 #: DESIGN.md's exactness contract, absolute score difference.
 CPU_TOLERANCE = 1e-4
