@@ -1,0 +1,151 @@
+"""Command line: flags -> a frozen Settings. Bad options fail at start with one line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .backends.select import FEATURE_BACKENDS, HEAD_BACKENDS
+from .detector import DEFAULT_REFRACTORY_S, DEFAULT_THRESHOLD, DEFAULT_TRIGGER_LEVEL
+
+DEFAULT_URI = "tcp://0.0.0.0:10400"
+DEFAULT_ZEROCONF_NAME = "openWakeWord-rk3588"
+NPU_CORE_MASKS = ("auto", "0", "1", "2", "0_1", "0_1_2")
+
+
+@dataclass(frozen=True)
+class Settings:
+    uri: str = DEFAULT_URI
+    custom_model_dirs: tuple[Path, ...] = ()
+    preload_models: tuple[str, ...] = ()
+    threshold: float = DEFAULT_THRESHOLD
+    trigger_level: int = DEFAULT_TRIGGER_LEVEL
+    refractory_seconds: float = DEFAULT_REFRACTORY_S
+    model_thresholds: dict[str, float] = field(default_factory=dict)
+    features_backend: str = "auto"
+    heads_backend: str = "auto"
+    precision: str = "fp32"
+    npu_core_mask: str = "auto"
+    rknn_cache_dir: Path | None = None
+    threads: int = 1
+    zeroconf: str | None = None
+    debug: bool = False
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + error; we print one line
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 3600 seconds")
+    return value
+
+
+def _model_threshold(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=THRESHOLD")
+    return name, _unit_interval(value)
+
+
+def _uri(text: str) -> str:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(text)
+    if parsed.scheme not in ("tcp", "unix", "stdio"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use tcp://HOST:PORT, unix://PATH or stdio://")
+    if parsed.scheme == "tcp":
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.hostname is None or port is None:
+            raise argparse.ArgumentTypeError(f"{text!r}: a tcp URI needs a host and a port, e.g. {DEFAULT_URI}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="wyoming-oww-rk3588",
+        description="Wyoming wake word server (openWakeWord models; CPU, OpenCL GPU and RK3588 NPU backends). "
+        "Subcommand: `doctor` checks this machine's GPU/NPU setup.",
+    )
+    add = parser.add_argument
+    add("--uri", type=_uri, default=DEFAULT_URI, help=f"where to listen (default {DEFAULT_URI})")
+    add("--custom-model-dir", action="append", default=[], type=Path,
+        help="directory of your own .onnx/.tflite wake word heads (repeatable)")
+    add("--preload-model", action="append", default=[],
+        help="model that must load at start (repeatable); every model is served either way")
+    add("--threshold", type=_unit_interval, default=DEFAULT_THRESHOLD, help="score that counts as a detection (0-1]")
+    add("--model-threshold", type=_model_threshold, action="append", default=[], metavar="NAME=T",
+        help="per-model threshold override (repeatable)")
+    add("--trigger-level", type=_positive_int, default=DEFAULT_TRIGGER_LEVEL,
+        help="consecutive 80 ms frames over the threshold needed to fire")
+    add("--refractory-seconds", type=_seconds, default=DEFAULT_REFRACTORY_S,
+        help="audio seconds after a detection during which the same stream cannot fire again")
+    add("--features-backend", choices=FEATURE_BACKENDS, default="auto",
+        help="melspectrogram + embedding: auto (OpenCL GPU if it works, else CPU), cpu, opencl")
+    add("--heads-backend", choices=HEAD_BACKENDS, default="auto",
+        help="wake word heads: auto (NPU if it works, else CPU), cpu, rknn, tflite")
+    add("--precision", choices=("fp32", "fp16"), default="fp32", help="OpenCL arithmetic precision")
+    add("--npu-core-mask", choices=NPU_CORE_MASKS, default="auto", help="RK3588 NPU cores for the heads")
+    add("--rknn-cache-dir", type=Path, default=None, help="where converted .rknn heads are kept")
+    add("--threads", type=_positive_int, default=1, help="CPU threads for onnxruntime")
+    add("--zeroconf", nargs="?", const=DEFAULT_ZEROCONF_NAME, default=None, metavar="NAME",
+        help=f"announce the service on the LAN with mDNS (default name {DEFAULT_ZEROCONF_NAME})")
+    add("--debug", action="store_true", help="log debug messages")
+    add("--version", action="version", version=__version__)
+    return parser
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    args = build_parser().parse_args(argv)
+    if args.zeroconf is not None and not args.uri.startswith("tcp://"):
+        build_parser().error("--zeroconf needs a tcp:// --uri")
+    return Settings(
+        uri=args.uri,
+        custom_model_dirs=tuple(args.custom_model_dir),
+        preload_models=tuple(args.preload_model),
+        threshold=args.threshold,
+        trigger_level=args.trigger_level,
+        refractory_seconds=args.refractory_seconds,
+        model_thresholds=dict(args.model_threshold),
+        features_backend=args.features_backend,
+        heads_backend=args.heads_backend,
+        precision=args.precision,
+        npu_core_mask=args.npu_core_mask,
+        rknn_cache_dir=args.rknn_cache_dir,
+        threads=args.threads,
+        zeroconf=args.zeroconf,
+        debug=args.debug,
+    )

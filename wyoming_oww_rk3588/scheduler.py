@@ -1,0 +1,151 @@
+"""Runs the one engine off the asyncio loop: gathers every live stream's audio, one batch at a time.
+
+Connections only append samples to their stream's inbox. A single task moves inboxes into
+the streams, runs `Engine.process` for all ready streams in one executor thread, and hands
+detections back. While a batch runs, audio keeps arriving, so load makes batches bigger
+instead of making anyone wait longer. A failing batch is isolated stream by stream, so one
+bad stream can never make the engine deaf for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .detector import Detection
+from .engine import Engine
+from .models.registry import ModelInfo
+from .stream import StreamState
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class StreamHandle:
+    """A connection's view of its stream: samples go in, detections come out by callback."""
+
+    id: int
+    stream: StreamState
+    on_detection: Callable[[Detection], None]
+    on_error: Callable[[str], None]
+    inbox: list[np.ndarray] = field(default_factory=list)
+    inbox_samples: int = 0
+    closed: bool = False
+    drained: list[asyncio.Future] = field(default_factory=list)
+
+
+class EngineRunner:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._handles: dict[int, StreamHandle] = {}
+        self._ids = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.batches = 0  # batches run, for tests and logs
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def open(
+        self,
+        models: Sequence[tuple[str, ModelInfo]],
+        on_detection: Callable[[Detection], None],
+        on_error: Callable[[str], None],
+    ) -> StreamHandle:
+        handle = StreamHandle(next(self._ids), self.engine.open_stream(models), on_detection, on_error)
+        self._handles[handle.id] = handle
+        return handle
+
+    def close(self, handle: StreamHandle) -> None:
+        handle.closed = True
+        self._handles.pop(handle.id, None)
+        self._resolve(handle)
+
+    def feed(self, handle: StreamHandle, samples: np.ndarray) -> None:
+        if handle.closed or not len(samples):
+            return
+        handle.inbox.append(samples)
+        handle.inbox_samples += len(samples)
+        if handle.inbox_samples + handle.stream.pending_samples >= 1280:
+            self._wake.set()
+
+    async def drain(self, handle: StreamHandle) -> None:
+        """Wait until every complete 80 ms frame fed so far has been scored."""
+        if handle.closed:
+            return
+        future = asyncio.get_running_loop().create_future()
+        handle.drained.append(future)
+        self._wake.set()
+        await future
+
+    @staticmethod
+    def _resolve(handle: StreamHandle) -> None:
+        for future in handle.drained:
+            if not future.done():
+                future.set_result(None)
+        handle.drained.clear()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ready = []
+            for handle in list(self._handles.values()):
+                if handle.inbox:
+                    for chunk in handle.inbox:
+                        handle.stream.add_samples(chunk)
+                    handle.inbox, handle.inbox_samples = [], 0
+                if handle.stream.ready:
+                    ready.append(handle)
+                else:
+                    self._resolve(handle)
+            if not ready:
+                continue
+            found, failed = await loop.run_in_executor(self._executor, self._process, ready)
+            self.batches += 1
+            for handle, detection in found:
+                if not handle.closed:
+                    handle.on_detection(detection)
+            for handle, message in failed:
+                if not handle.closed:
+                    handle.on_error(message)
+            for handle in ready:
+                if handle.inbox_samples + handle.stream.pending_samples >= 1280 or (handle.drained and handle.inbox):
+                    self._wake.set()
+                elif not handle.inbox:
+                    self._resolve(handle)
+
+    def _process(self, handles: list[StreamHandle]):
+        """Runs in the engine thread: ((handle, detection) pairs, (handle, error) pairs)."""
+        by_stream = {id(h.stream): h for h in handles}
+        failed: list[tuple[StreamHandle, str]] = []
+        try:
+            found = self.engine.process([h.stream for h in handles])
+        except Exception:  # noqa: BLE001 - isolate the stream that breaks the batch
+            _LOGGER.exception("A batch of %d streams failed; retrying stream by stream", len(handles))
+            found = []
+            for handle in handles:
+                try:
+                    found += self.engine.process([handle.stream])
+                except Exception as err:  # noqa: BLE001
+                    _LOGGER.error("Stream %d dropped its audio: the engine failed on it (%s)", handle.id, err)
+                    handle.stream.chunks, handle.stream.pending_samples = [], 0
+                    failed.append((handle, f"wake word engine failed on this stream: {err}"))
+        return [(by_stream[id(stream)], detection) for stream, detection in found], failed
