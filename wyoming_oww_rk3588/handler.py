@@ -131,6 +131,7 @@ class WakeWordHandler(AsyncEventHandler):
 
     async def _on_start(self, event: Event) -> None:
         self._end_stream()
+        self._converter = None
         try:
             self._set_format(_format(event.data))
         except AudioFormatError as err:
@@ -139,8 +140,9 @@ class WakeWordHandler(AsyncEventHandler):
         self._begin_stream()
 
     def _set_format(self, fmt: tuple[int, int, int]) -> None:
-        if fmt != self._format:
+        if fmt != self._format or self._converter is None:
             self._format = fmt
+            # A fresh converter per format: its resampler state belongs to one stream.
             self._converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
 
     def _begin_stream(self) -> None:
@@ -171,8 +173,7 @@ class WakeWordHandler(AsyncEventHandler):
             # wyoming-satellite 1.0 streams chunks after `detect` with no audio-start.
             self._converter = None
             self._begin_stream()
-        if fmt != self._format or self._converter is None:
-            self._set_format(fmt)
+        self._set_format(fmt)
         chunk = AudioChunk(rate=fmt[0], width=fmt[1], channels=fmt[2], audio=payload)
         converted = self._converter.convert(chunk)
         self.runner.feed(self._handle, np.frombuffer(converted.audio, np.int16))
