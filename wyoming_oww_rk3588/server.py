@@ -127,14 +127,16 @@ class ZeroconfAnnouncer:
             server=f"{socket.gethostname()}.local.",
         )
         self._zc = AsyncZeroconf(ip_version=IPVersion.V4Only)
-        await self._zc.async_register_service(self._info)
+        # The call returns a task that finishes once the announcement has gone out.
+        await (await self._zc.async_register_service(self._info))
         _LOGGER.info("Zeroconf: announced %s on %s port %d", self.name, ", ".join(self.addresses), self.port)
 
     async def stop(self) -> None:
         if self._zc is not None:
-            await self._zc.async_unregister_service(self._info)
+            await (await self._zc.async_unregister_service(self._info))  # sends the goodbye
             await self._zc.async_close()
             self._zc = None
+            _LOGGER.info("Zeroconf: withdrew %s", self.name)
 
 
 async def serve(settings: Settings, engine: Engine, models: dict[str, ModelInfo],

@@ -1,0 +1,336 @@
+"""Bad input never takes the server down nor harms another client; signals, discovery, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from wyoming.audio import AudioChunk, AudioStart
+from wyoming.event import Event
+from wyoming.info import Describe
+from wyoming.wake import Detect, Detection
+
+from reference import load_wav, padded
+from server_harness import ServerThread, client, drain_events, free_port, read_until, send_audio
+
+ALEXA = padded(load_wav("alexa_test.wav"), 1.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerThread() as srv:
+        yield srv
+
+
+def run(coro, timeout: float = 60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def detects_alexa(port: int) -> bool:
+    async with client(port) as c:
+        await c.write_event(Detect(names=["alexa"]).event())
+        await send_audio(c, ALEXA)
+        return (await read_until(c, {"detection", "not-detected"})).type == "detection"
+
+
+async def raw_connection(port: int, data: bytes, read_s: float = 0.5) -> bytes:
+    """Send raw bytes; return what comes back until the server closes or `read_s` passes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = b""
+    try:
+        writer.write(data)
+        await writer.drain()
+        while True:
+            block = await asyncio.wait_for(reader.read(65536), read_s)
+            if not block:
+                break
+            received += block
+    except (asyncio.TimeoutError, ConnectionResetError, BrokenPipeError):
+        pass  # a server that drops us with our bytes unread resets the connection
+    writer.close()
+    return received
+
+
+def header(event_type: str, **extra) -> bytes:
+    return (json.dumps({"type": event_type, **extra}) + "\n").encode()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x00\xff\xfe garbage \x13\x37\n",
+        b"this is not json\n",
+        b"[1, 2, 3]\n",
+        b'{"data": {}}\n',
+        header("audio-chunk", payload_length=2**40),  # refused before reading or allocating
+        header("audio-chunk", data_length=2**31),
+        header("audio-chunk", payload_length="many"),
+        b"x" * 200_000,  # a header line longer than any Wyoming header
+    ],
+)
+def test_framing_garbage_drops_only_that_connection(server, garbage):
+    async def go():
+        await raw_connection(server.port, garbage)
+        return await detects_alexa(server.port)
+
+    assert run(go())
+
+
+def test_huge_payload_header_is_refused_without_waiting_for_the_payload(server):
+    async def go():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(header("audio-chunk", data={"rate": 16000, "width": 2, "channels": 1}, payload_length=2**33))
+        await writer.drain()
+        closed = await asyncio.wait_for(reader.read(), 5)  # the server closes at once
+        writer.close()
+        return closed
+
+    assert run(go()) == b""
+
+
+@pytest.mark.parametrize("timestamp", ["soon", [1, 2], 10**40, -5, None, 1e308])
+def test_odd_chunk_timestamps_are_ignored_and_detection_still_works(server, timestamp):
+    async def go():
+        async with client(server.port) as c:
+            await c.write_event(Detect(names=["alexa"]).event())
+            await send_audio(c, ALEXA, timestamps=lambda n: timestamp)
+            return Detection.from_event(await read_until(c, {"detection"}))
+
+    assert run(go()).name == "alexa"
+    assert run(detects_alexa(server.port))
+
+
+@pytest.mark.parametrize(
+    "event,expect_error",
+    [
+        (Event(type="no-such-event", data={}), True),
+        (Event(type="audio-chunk", data={"rate": 16000, "width": 2, "channels": 1}, payload=b"\x01\x02\x03"), True),
+        (Event(type="audio-chunk", data={"rate": 0, "width": 2, "channels": 1}, payload=b"\x00\x00"), True),
+        (Event(type="audio-chunk", data={"rate": "fast", "width": 2, "channels": 1}, payload=b"\x00\x00"), True),
+        (Event(type="audio-chunk", data={"rate": 16000, "width": 7, "channels": 1}, payload=b"\x00" * 7), True),
+        (Event(type="audio-start", data={"rate": -1, "width": 2, "channels": 1}), True),
+        (Event(type="detect", data={"names": "alexa"}), True),
+        (Event(type="detect", data={"names": ["../../etc/passwd"]}), True),
+        (Event(type="audio-chunk", data={"rate": 16000, "width": 2, "channels": 1}, payload=b""), False),
+    ],
+)
+def test_bad_events_get_an_error_event_and_the_connection_survives(server, event, expect_error):
+    async def go():
+        async with client(server.port) as c:
+            await c.write_event(event)
+            events = await drain_events(c, 0.5)
+            # the same connection still works afterwards
+            await c.write_event(Detect(names=["alexa"]).event())
+            await send_audio(c, ALEXA)
+            after = await read_until(c, {"detection", "not-detected"})
+            return events, after
+
+    events, after = run(go())
+    errors = [e for e in events if e.type == "error"]
+    assert bool(errors) == expect_error, events
+    assert all(e.data.get("text") for e in errors)
+    assert after.type == "detection"
+
+
+def test_audio_before_audio_start_starts_a_stream_like_wyoming_satellite(server):
+    async def go():
+        async with client(server.port) as c:
+            await send_audio(c, ALEXA, start=False, stop=False)
+            return Detection.from_event(await read_until(c, {"detection"}))
+
+    assert run(go()).name == "alexa"
+
+
+def test_a_client_vanishing_mid_stream_and_a_stalled_client_do_not_disturb_others(server):
+    async def go():
+        # vanishes mid-stream
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        start = AudioStart(rate=16000, width=2, channels=1).event()
+        writer.write(header("audio-start", data=start.data))
+        chunk = ALEXA[: len(ALEXA) // 2].tobytes()
+        writer.write(header("audio-chunk", data={"rate": 16000, "width": 2, "channels": 1},
+                            payload_length=len(chunk)) + chunk)
+        await writer.drain()
+        writer.transport.abort()
+        # stalls: opens a stream, sends audio that fires, never reads anything
+        stalled_reader, stalled = await asyncio.open_connection("127.0.0.1", server.port)
+        for event in (Detect(names=["alexa"]).event(), AudioStart(rate=16000, width=2, channels=1).event(),
+                      AudioChunk(rate=16000, width=2, channels=1, audio=ALEXA.tobytes()).event()):
+            from wyoming.event import async_write_event
+
+            await async_write_event(event, stalled)
+        results = await asyncio.gather(*(detects_alexa(server.port) for _ in range(4)))
+        stalled.close()
+        return results
+
+    assert run(go()) == [True] * 4
+
+
+def test_engine_failure_on_one_stream_is_reported_to_that_client_only(server, monkeypatch):
+    engine = server.engine
+    original = engine.process
+
+    def flaky(streams, max_rounds=None):
+        if any(len(s.models) == 1 and s.models[0][1].name == "weather" for s in streams):
+            raise RuntimeError("injected failure")
+        return original(streams, max_rounds)
+
+    monkeypatch.setattr(engine, "process", flaky)
+
+    async def go():
+        async with client(server.port) as bad:
+            await bad.write_event(Detect(names=["weather"]).event())
+            await send_audio(bad, ALEXA, stop=False)
+            error = await read_until(bad, {"error"})
+            ok = await detects_alexa(server.port)
+            return error, ok
+
+    error, ok = run(go())
+    assert "injected failure" in error.data["text"]
+    assert ok
+
+
+def _start_subprocess(*args: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wyoming_oww_rk3588", "--uri", f"tcp://127.0.0.1:{port}",
+         "--features-backend", "cpu", "--heads-backend", "cpu", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("server did not start")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_stop_the_server_within_2_s_even_with_clients_connected(sig):
+    proc, port = _start_subprocess()
+    try:
+        async def connect_and_stream():
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(header("audio-start", data={"rate": 16000, "width": 2, "channels": 1}))
+            await writer.drain()
+            return writer
+
+        run(connect_and_stream())
+        started = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(5)
+        assert time.monotonic() - started < 2.0
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_zeroconf_announces_the_port_to_a_real_browser_and_unregisters_on_exit():
+    from zeroconf import ServiceBrowser, ServiceListener, Zeroconf
+
+    proc, port = _start_subprocess("--zeroconf", "oww-test")
+    found: dict[str, int] = {}
+    removed: list[str] = []
+    zc = Zeroconf()
+
+    class Listener(ServiceListener):
+        def add_service(self, zc_, type_, name):
+            info = zc_.get_service_info(type_, name, 3000)
+            if info is not None:
+                found[name] = info.port
+
+        def update_service(self, zc_, type_, name):
+            pass
+
+        def remove_service(self, zc_, type_, name):
+            removed.append(name)
+
+    try:
+        ServiceBrowser(zc, "_wyoming._tcp.local.", Listener())
+        deadline = time.monotonic() + 15
+        while "oww-test._wyoming._tcp.local." not in found and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert found.get("oww-test._wyoming._tcp.local.") == port
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(5)
+        deadline = time.monotonic() + 5
+        while "oww-test._wyoming._tcp.local." not in removed and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "oww-test._wyoming._tcp.local." in removed
+    finally:
+        zc.close()
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--threshold", "1.5"], "outside (0, 1]"),
+        (["--trigger-level", "0"], "at least 1"),
+        (["--features-backend", "cuda"], "invalid choice"),
+        (["--uri", "http://x"], "tcp://"),
+        (["--refractory-seconds", "soon"], "number of seconds"),
+    ],
+)
+def test_bad_options_fail_at_start_with_one_clear_line(args, needle):
+    out = subprocess.run([sys.executable, "-m", "wyoming_oww_rk3588", *args], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], out.stderr
+
+
+def test_unknown_preload_model_fails_at_start_with_one_line():
+    out = subprocess.run([sys.executable, "-m", "wyoming_oww_rk3588", "--preload-model", "nope",
+                          "--features-backend", "cpu", "--heads-backend", "cpu"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "unknown wake word model 'nope'" in out.stderr
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_ten_minutes_of_audio_through_8_streams():
+    proc, port = _start_subprocess()
+    rng = np.random.default_rng(0)
+    minute = np.concatenate([ALEXA, (rng.normal(0, 800, 16000 * 60 - len(ALEXA))).astype(np.int16)])
+
+    async def stream(minutes: int):
+        async with client(port) as c:
+            for _ in range(minutes):
+                await c.write_event(Detect(names=None).event())
+                await send_audio(c, minute, chunk_samples=1600)
+                await read_until(c, {"not-detected", "detection"}, timeout=120)
+                await drain_events(c, 0.05)
+
+    async def go(minutes: int):
+        await asyncio.gather(*(stream(minutes) for _ in range(8)))
+
+    try:
+        run(go(2), 600)  # warm-up: allocator pools, onnxruntime arenas
+        before = _rss_kb(proc.pid)
+        run(go(8), 1200)  # 2 + 8 = 10 minutes of audio per stream
+        after = _rss_kb(proc.pid)
+        assert after < before * 1.05, f"RSS grew from {before} kB to {after} kB"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(5)
+    assert os.path.exists(f"/proc/{proc.pid}") is False or proc.returncode == 0
