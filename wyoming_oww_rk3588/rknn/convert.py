@@ -1,0 +1,168 @@
+"""ONNX/TFLite heads -> cached .rknn files for the RK3588 NPU, fp16, with a fixed batch.
+
+Each head is prepared here (batched graph, fixed batch, plain output name), then built by
+rknn-toolkit2 in its own process. One lock per cache key, taken in key order, so two
+converters never build the same file and never deadlock; the cache is re-read under the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .. import graphs
+from ..models.registry import ModelInfo
+from . import cache
+from .toolkit import Toolkit
+
+_LOGGER = logging.getLogger(__name__)
+
+#: The converted graph's output name. Heads like timer name their output with a JSON string
+#: of class names, which the simulator cannot take; labels come from the registry anyway.
+OUTPUT_NAME = "scores"
+#: Heads take 3-D input [batch, window, 96]; the toolkit applies data_format to 4-D inputs only,
+#: and naming one keeps it from warning that it assumed nhwc.
+DATA_FORMAT = "nchw"
+
+
+def prepare_onnx(model: ModelInfo, batch: int) -> onnx.ModelProto:
+    """The head with openWakeWord's batch rewrite (`If` verifier -> per-row `Where`), the batch
+    fixed at `batch` (the NPU runs static shapes) and its output renamed to OUTPUT_NAME."""
+    prepared = graphs.batched_head(onnx.load(str(model.path)))
+    graph = prepared.graph
+    for value in (graph.input[0], graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.Clear()
+        dim.dim_value = batch
+    old = graph.output[0].name
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == old:
+                node.output[i] = OUTPUT_NAME
+    graph.output[0].name = OUTPUT_NAME
+    onnx.checker.check_model(prepared)
+    return prepared
+
+
+@dataclass
+class Converted:
+    """What happened to one head: `action` is converted, cached or failed."""
+
+    model: ModelInfo
+    entry: dict
+    action: str
+    #: Simulator scores for the check inputs (rows as given), when a check was asked for.
+    scores: np.ndarray | None = None
+    check_error: str | None = None
+
+
+def _padded(windows: np.ndarray, batch: int) -> np.ndarray:
+    rows = -(-len(windows) // batch) * batch
+    out = np.zeros((rows, *windows.shape[1:]), np.float32)
+    out[: len(windows)] = windows
+    return out
+
+
+class Converter:
+    def __init__(self, out_dir: Path, toolkit: Toolkit, batch: int = cache.DEFAULT_BATCH,
+                 platform: str = cache.PLATFORM) -> None:
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, not {batch}")
+        self.out_dir = Path(out_dir)
+        self.toolkit = toolkit
+        self.batch = batch
+        self.platform = platform
+
+    def _entry(self, model: ModelInfo, toolkit: str, **fields) -> dict:
+        return dict(
+            model=model.name, stem=model.stem, source_sha256=model.sha256, source_format=model.format,
+            toolkit=toolkit, platform=self.platform, batch=self.batch, recipe=cache.RECIPE,
+            window=model.window, n_outputs=model.n_outputs, output_name=OUTPUT_NAME,
+            data_format=DATA_FORMAT, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields,
+        )
+
+    def _spec(self, model: ModelInfo, workdir: Path) -> dict:
+        if model.format == "onnx":
+            source = workdir / f"{model.name}.onnx"
+            onnx.save(prepare_onnx(model, self.batch), str(source))
+        else:
+            source = model.path  # the toolkit batches a .tflite itself (rknn_batch_size)
+        return {"name": model.name, "format": model.format, "source": str(source)}
+
+    def convert(self, models: list[ModelInfo], check_inputs: dict[str, np.ndarray] | None = None,
+                force: bool = False) -> list[Converted]:
+        """Convert (or find cached) every model; with `check_inputs` ({name: windows [R, W, 96]}),
+        also run those rows through the simulator on a build made in the same process."""
+        check_inputs = check_inputs or {}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="rknn-convert-") as tmp:
+            workdir = Path(tmp)
+            version = self.toolkit.version(workdir)
+            keys = {m.name: cache.cache_key(m.sha256, version, self.platform, self.batch) for m in models}
+            paths = {m.name: cache.entry_paths(self.out_dir, m, keys[m.name])[0] for m in models}
+            with contextlib.ExitStack() as locks:
+                for model in sorted(models, key=lambda m: keys[m.name]):
+                    locks.enter_context(cache.locked(paths[model.name].with_suffix(".lock"), model.name))
+                return self._convert_locked(models, paths, version, check_inputs, force, workdir)
+
+    def _convert_locked(self, models, paths, version, check_inputs, force, workdir) -> list[Converted]:
+        done: dict[str, Converted] = {}
+        specs = []
+        for model in models:
+            json_path = paths[model.name]
+            entry = cache.read_entry(json_path)
+            # Failed entries are retried: the cause (say, tensorflow missing for .tflite) may be gone.
+            valid = (not force and entry is not None and entry.get("status") == "ok"
+                     and cache.rknn_problem(json_path, entry) is None)
+            if valid:
+                done[model.name] = Converted(model, entry, "cached")
+                if model.name not in check_inputs:
+                    continue
+            try:
+                spec = self._spec(model, workdir)
+            except Exception as err:  # noqa: BLE001 - a head our rewrite cannot take
+                reason = f"graph preparation failed: {err}"
+                done[model.name] = self._failed(model, json_path, version, reason)
+                continue
+            if not valid:
+                spec["export"] = str(workdir / f"{model.name}.rknn")
+            if model.name in check_inputs:
+                windows = _padded(np.asarray(check_inputs[model.name], np.float32), self.batch)
+                spec["inputs"] = str(workdir / f"{model.name}-inputs.npz")
+                spec["outputs"] = str(workdir / f"{model.name}-outputs.npz")
+                np.savez(spec["inputs"], windows=windows)
+            specs.append(spec)
+        job = {"command": "build", "platform": self.platform, "batch": self.batch,
+               "data_format": DATA_FORMAT, "models": specs}
+        results = self.toolkit.run(job, workdir)["models"] if specs else {}
+        for spec in specs:
+            model = next(m for m in models if m.name == spec["name"])
+            outcome = results[model.name]
+            if "export" in spec:
+                if outcome["status"] == "ok":
+                    entry = self._entry(model, version, status="ok", reason=None)
+                    entry = cache.write_entry(paths[model.name], entry, Path(spec["export"]).read_bytes())
+                    done[model.name] = Converted(model, entry, "converted")
+                    _LOGGER.info("%s: converted for %s with rknn-toolkit2 %s", model.name, self.platform, version)
+                else:
+                    done[model.name] = self._failed(model, paths[model.name], version, outcome["reason"])
+            if "inputs" in spec and model.name in done:
+                if outcome["status"] == "ok":
+                    rows = len(check_inputs[model.name])
+                    done[model.name].scores = np.load(spec["outputs"])["scores"][:rows]
+                else:
+                    done[model.name].check_error = outcome["reason"]
+        return [done[m.name] for m in models]
+
+    def _failed(self, model: ModelInfo, json_path: Path, version: str, reason: str) -> Converted:
+        _LOGGER.warning("%s: rknn-toolkit2 %s cannot convert it (%s); it will run on the CPU",
+                        model.name, version, reason)
+        entry = cache.write_entry(json_path, self._entry(model, version, status="failed", reason=reason))
+        return Converted(model, entry, "failed")
