@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..errors import ModelError
+from ..errors import BackendUnavailable, ModelError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -194,8 +194,8 @@ class ModelRegistry:
                 continue
             try:
                 info = read_head(path, phrase=normalize_name(path.stem).replace("_", " ").title())
-            except ModelError as err:
-                _LOGGER.error("Custom model skipped: %s", err)
+            except (ModelError, BackendUnavailable) as err:
+                _LOGGER.error("Custom model %s skipped: %s", path.name, err)
                 continue
             self._add(info)
 
