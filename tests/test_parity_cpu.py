@@ -9,7 +9,7 @@ from reference import CPU_TOLERANCE, engine_scores, first_exact_step, load_wav, 
 from wyoming_oww_rk3588.engine import Engine
 from wyoming_oww_rk3588.models.registry import ModelRegistry
 
-ONNX_HEADS = ["alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "timer", "weather"]
+ONNX_HEADS = ["alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "okay_nabu", "timer", "weather"]
 STEMS = [f"{name}_v0.1" for name in ONNX_HEADS]
 
 
@@ -39,6 +39,7 @@ CASES = {
     "alexa_test.wav": lambda: padded(load_wav("alexa_test.wav"), 2.5, 2.0),
     "hey_mycroft_test.wav": lambda: padded(load_wav("hey_mycroft_test.wav"), 2.5, 2.0),
     "hey_jane.wav": lambda: padded(load_wav("hey_jane.wav"), 2.5, 2.0),
+    "okay_nabu.wav": lambda: padded(load_wav("okay_nabu.wav"), 2.0, 1.0),
     **{kind: (lambda kind=kind: _generated(kind)) for kind in ("silence", "noise", "tones", "speechlike")},
 }
 
@@ -95,7 +96,9 @@ def test_timer_reports_openwakewords_default_class_keys(engine):
 
 
 def test_positive_clips_fire_and_the_near_miss_does_not(engine):
-    for clip, model in (("alexa_test.wav", "alexa"), ("hey_mycroft_test.wav", "hey_mycroft")):
+    for clip, model in (("alexa_test.wav", "alexa"), ("hey_mycroft_test.wav", "hey_mycroft"),
+                        ("okay_nabu.wav", "okay_nabu"), ("hey_jarvis.wav", "hey_jarvis"),
+                        ("hey_rhasspy.wav", "hey_rhasspy")):
         scores = engine_scores(engine, [padded(load_wav(clip))], [model])[0]
         assert max(s[model] for s in scores) > 0.5, clip
     jane = engine_scores(engine, [padded(load_wav("hey_jane.wav"))], ONNX_HEADS)[0]

@@ -46,7 +46,7 @@ class HeadRunner:
                     reasons.append(f"{candidate.name}: {err}")
                     continue
                 if reasons:
-                    _LOGGER.warning("Model %s runs on %s (%s)", model.name, candidate.name, "; ".join(reasons))
+                    _LOGGER.info("Model %s runs on %s (%s)", model.name, candidate.name, "; ".join(reasons))
                 self._assigned[model.name] = candidate
                 return candidate
             reasons.append(f"{candidate.name}: {reason}")

@@ -75,7 +75,7 @@ def _optional_heads(module: str, class_name: str, **kwargs) -> HeadBackend:
 
 
 def select_heads(name: str = "auto", threads: int = 1, rknn_options: dict | None = None) -> list[HeadBackend]:
-    """Ordered heads backends: each model runs on the first that supports it; CPU is always last."""
+    """Ordered heads backends: each model runs on the first that supports it; CPU always among them."""
     from .cpu import CpuHeads
 
     name = str(name).lower()
@@ -88,12 +88,14 @@ def select_heads(name: str = "auto", threads: int = 1, rknn_options: dict | None
         except (BackendUnavailable, TypeError) as err:
             log = _LOGGER.warning if name == "rknn" else _LOGGER.info
             log("Heads on CPU: rknn unavailable (%s); run `python -m wyoming_oww_rk3588 doctor`", err)
+    if name != "tflite":
+        chosen.append(CpuHeads(threads=threads))
     try:
         # .tflite heads (users' own files) need the tflite runtime; ONNX heads never do.
-        tflite = _optional_heads("tflite", "TfliteHeads")
-        chosen.insert(0, tflite) if name == "tflite" else chosen.append(tflite)
+        chosen.append(_optional_heads("tflite", "TfliteHeads"))
     except BackendUnavailable as err:
         if name == "tflite":
             _LOGGER.warning("tflite heads backend unavailable (%s); ONNX heads run on the CPU", err)
-    chosen.append(CpuHeads(threads=threads))
+    if name == "tflite":
+        chosen.append(CpuHeads(threads=threads))
     return chosen
