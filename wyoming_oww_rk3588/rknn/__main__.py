@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import ModelError
 from ..models.registry import ModelRegistry
 from . import cache
-from .check import NPU_TOLERANCE, check_rows, clip_embeddings, compare, default_clips_dir, record_fixture, reference_backend
+from .check import NPU_TOLERANCE, check_rows, clip_features, compare, default_clips_dir, record_fixture, reference_backend
 from .convert import Converter
 from .toolkit import PYTHON_ENV, Toolkit, ToolkitError
 
@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    clips, rows = {}, {}
+    clips, rows = None, {}
     if args.check:
-        clips = clip_embeddings(args.clips or default_clips_dir())
+        clips = clip_features(args.clips or default_clips_dir())
         rows = {m.name: check_rows(m, clips) for m in models}
     results = converter.convert(models, {name: r.all for name, r in rows.items()}, force=args.force)
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{line}  not checked: no CPU reference for {res.model.format} ({err})")
             continue
         head = compare(res.model, rows[res.model.name], res.scores, cpu)
-        recorded.append((res.model, rows[res.model.name], res.scores))
+        recorded.append((res.model, res.scores))
         if not head.ok:
             failed_checks.append(res.model.name)
         print(f"{line} {_fmt(head.max_error_real):>12} {_fmt(head.max_error_random):>8} {_fmt(head.zero_error):>8}"

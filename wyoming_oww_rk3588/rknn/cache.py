@@ -97,13 +97,15 @@ def rknn_problem(json_path: Path, entry: dict) -> str | None:
     return None
 
 
-def find_entry(cache_dir: Path, model: ModelInfo, platform: str = PLATFORM) -> tuple[Path, dict] | None:
-    """The best entry for `model` (same source sha256 and platform): a converted one first,
-    then the newest toolkit; None if the model was never converted for this platform."""
+def find_entry(cache_dir: Path, model: ModelInfo, platform: str = PLATFORM,
+               batch: int | None = None) -> tuple[Path, dict] | None:
+    """The best entry for `model` (same source sha256, platform and, if given, batch): a
+    converted one first, then the newest toolkit and file; None if never converted."""
     found = []
     for json_path in sorted(Path(cache_dir).glob("*.json")):
         entry = read_entry(json_path)
-        if entry and entry.get("source_sha256") == model.sha256 and entry.get("platform") == platform:
+        if (entry and entry.get("source_sha256") == model.sha256 and entry.get("platform") == platform
+                and batch in (None, entry.get("batch"))):
             found.append((json_path, entry))
     if not found:
         return None

@@ -1,9 +1,6 @@
-"""`convert --check`: simulator scores vs onnxruntime on real embeddings of recorded clips.
-
-Rows per head: every window of real embeddings from the clips, seeded Gaussian windows (they
-reach branches the clips do not, e.g. hey_jarvis's verifier runs when its first stage >= 0.5),
-and one all-zero window (what the runtime pads a batch with).
-"""
+"""`convert --check`: simulator vs onnxruntime on each head's input at every 80 ms step of real clips,
+on seeded Gaussian windows (they reach branches the clips do not: hey_jarvis's verifier runs only
+when its first stage >= 0.5), and on the all-zero window the runtime pads batches with."""
 
 from __future__ import annotations
 
@@ -14,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..features import EMBEDDING_DIM, MEL_FRAMES_PER_STEP, SAMPLE_RATE, WINDOW_FRAMES, scale_mel
+from ..features import EMBEDDING_DIM, FRAME_SAMPLES, SAMPLE_RATE, FeaturePipeline
 from ..models.registry import ModelInfo
 
 #: DESIGN.md's exactness contract for the NPU (fp16), absolute score difference.
 NPU_TOLERANCE = 2e-2
 DETECTION_THRESHOLD = 0.5
 RANDOM_ROWS = 32
-#: Silence around each clip, so every window position, including the phrase's end, is seen.
-CLIP_PAD_S = 2.0
+#: Silence around each clip (as tests/reference.py pads), so the phrase's end is seen.
+CLIP_PAD_BEFORE_S, CLIP_PAD_AFTER_S = 1.0, 1.5
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -34,28 +31,43 @@ def default_clips_dir() -> Path:
     return _REPO / "tests" / "audio"
 
 
-def _read_wav(path: Path) -> np.ndarray:
+def padded_clip(path: Path) -> np.ndarray:
+    """A 16 kHz mono clip with silence around it, cut to whole 80 ms frames (int16)."""
     with wave.open(str(path)) as handle:
         if (handle.getframerate(), handle.getsampwidth(), handle.getnchannels()) != (SAMPLE_RATE, 2, 1):
-            raise ValueError(f"{path.name}: need 16 kHz 16-bit mono")
-        return np.frombuffer(handle.readframes(handle.getnframes()), np.int16)
+            raise ValueError(f"{Path(path).name}: need 16 kHz 16-bit mono")
+        clip = np.frombuffer(handle.readframes(handle.getnframes()), np.int16)
+    before, after = (np.zeros(int(s * SAMPLE_RATE), np.int16) for s in (CLIP_PAD_BEFORE_S, CLIP_PAD_AFTER_S))
+    audio = np.concatenate([before, clip, after])
+    return audio[: len(audio) // FRAME_SAMPLES * FRAME_SAMPLES]
 
 
-def clip_embeddings(clips_dir: Path) -> dict[str, np.ndarray]:
-    """{clip stem: embeddings [K, 96]}: openWakeWord's windowed embeddings (76 mel frames every 8)."""
+@dataclass
+class ClipFeatures:
+    """Embeddings exactly as the engine's CPU features stage makes them for each clip."""
+
+    silence: np.ndarray  # [96]: what every stream's history holds before its first step
+    steps: dict[str, np.ndarray]  # clip stem -> [N, 96], one embedding per 80 ms step
+
+    def windows(self, stem: str, window: int) -> np.ndarray:
+        """The head's input at every step of the clip: [N, window, 96]."""
+        history = np.concatenate([np.tile(self.silence, (window - 1, 1)), self.steps[stem]])
+        return windows_of(history, window)
+
+
+def clip_features(clips_dir: Path) -> ClipFeatures:
+    """Stream every .wav in `clips_dir` through the CPU features pipeline, 1280 samples a step."""
     from ..backends.cpu import CpuFeatures
 
-    features = CpuFeatures()
-    out = {}
+    pipeline = FeaturePipeline(CpuFeatures())
+    steps = {}
     for path in sorted(Path(clips_dir).glob("*.wav")):
-        pad = np.zeros(int(CLIP_PAD_S * SAMPLE_RATE), np.int16)
-        audio = np.concatenate([pad, _read_wav(path), pad]).astype(np.float32)
-        mel = scale_mel(features.melspectrogram(audio[None]))[0]
-        starts = range(0, len(mel) - WINDOW_FRAMES + 1, MEL_FRAMES_PER_STEP)
-        out[path.stem] = features.embed_windows(np.stack([mel[s : s + WINDOW_FRAMES] for s in starts]))
-    if not out:
+        state = pipeline.new_state(1)
+        frames = padded_clip(path).reshape(-1, FRAME_SAMPLES)
+        steps[path.stem] = np.stack([pipeline.step([state], frame[None])[0] for frame in frames])
+    if not steps:
         raise FileNotFoundError(f"no .wav clips in {clips_dir}")
-    return out
+    return ClipFeatures(pipeline.silence.embedding.astype(np.float32), steps)
 
 
 def windows_of(embeddings: np.ndarray, window: int) -> np.ndarray:
@@ -79,11 +91,11 @@ class CheckRows:
         return np.concatenate([*self.real.values(), self.random, zero])
 
 
-def check_rows(model: ModelInfo, clips: dict[str, np.ndarray]) -> CheckRows:
+def check_rows(model: ModelInfo, clips: ClipFeatures) -> CheckRows:
     # Seeded per window length, so every run (and the recorded fixture) sees the same rows.
     rng = np.random.default_rng(model.window)
     random = rng.standard_normal((RANDOM_ROWS, model.window, EMBEDDING_DIM)).astype(np.float32)
-    return CheckRows({stem: windows_of(emb, model.window) for stem, emb in clips.items()}, random)
+    return CheckRows({stem: clips.windows(stem, model.window) for stem in clips.steps}, random)
 
 
 def reference_backend(model: ModelInfo):
@@ -138,20 +150,23 @@ def compare(model: ModelInfo, rows: CheckRows, npu: np.ndarray, cpu: np.ndarray)
     )
 
 
-def record_fixture(path: Path, clips: dict[str, np.ndarray], checked: list[tuple[ModelInfo, CheckRows, np.ndarray]],
-                   meta: dict) -> None:
-    """Save the real embeddings once, and per head the simulator's scores on each real window
-    (by start index) and on the zero window: the runtime tests' fake answers from this."""
-    offsets = np.cumsum([0] + [len(e) for e in clips.values()])
-    arrays = {"embeddings": np.concatenate(list(clips.values())).astype(np.float32)}
+def record_fixture(path: Path, clips: ClipFeatures, checked: list[tuple[ModelInfo, np.ndarray]], meta: dict) -> None:
+    """Save each clip's embedding history once (silence, then its steps), and per head the
+    simulator's scores at every step (by window start) and on the zero window: the runtime
+    tests' fake answers from this file alone."""
+    longest = max(model.window for model, _ in checked)
+    history = [np.concatenate([np.tile(clips.silence, (longest - 1, 1)), e]) for e in clips.steps.values()]
+    offsets = np.cumsum([0] + [len(h) for h in history])
+    arrays = {"embeddings": np.concatenate(history).astype(np.float32)}
     models = {}
-    for model, rows, scores in checked:
-        starts = np.concatenate([offsets[i] + np.arange(len(w)) for i, w in enumerate(rows.real.values())])
-        n_real = len(starts)
+    for model, scores in checked:
+        skip = longest - model.window  # silence rows this head's first window does not reach
+        starts = np.concatenate([offsets[i] + skip + np.arange(len(e)) for i, e in enumerate(clips.steps.values())])
         arrays[f"{model.name}.starts"] = starts.astype(np.int32)
-        arrays[f"{model.name}.scores"] = scores[:n_real].astype(np.float32)
+        arrays[f"{model.name}.scores"] = scores[: len(starts)].astype(np.float32)
         arrays[f"{model.name}.zero"] = scores[-1].astype(np.float32)
         models[model.name] = {"sha256": model.sha256, "window": model.window, "n_outputs": model.n_outputs}
-    arrays["meta"] = np.array(json.dumps(dict(meta, clips=list(clips), models=models), sort_keys=True))
+    clip_rows = {stem: [int(offsets[i]), int(offsets[i + 1])] for i, stem in enumerate(clips.steps)}
+    arrays["meta"] = np.array(json.dumps(dict(meta, clips=clip_rows, longest=longest, models=models), sort_keys=True))
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)

@@ -51,6 +51,16 @@ def prepare_onnx(model: ModelInfo, batch: int) -> onnx.ModelProto:
     return prepared
 
 
+def make_entry(model: ModelInfo, toolkit: str, platform: str, batch: int, **fields) -> dict:
+    """A cache entry's fields (the runtime reads batch, window, n_outputs and data_format)."""
+    return dict(
+        model=model.name, stem=model.stem, source_sha256=model.sha256, source_format=model.format,
+        toolkit=toolkit, platform=platform, batch=batch, recipe=cache.RECIPE,
+        window=model.window, n_outputs=model.n_outputs, output_name=OUTPUT_NAME,
+        data_format=DATA_FORMAT, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields,
+    )
+
+
 @dataclass
 class Converted:
     """What happened to one head: `action` is converted, cached or failed."""
@@ -81,12 +91,7 @@ class Converter:
         self.platform = platform
 
     def _entry(self, model: ModelInfo, toolkit: str, **fields) -> dict:
-        return dict(
-            model=model.name, stem=model.stem, source_sha256=model.sha256, source_format=model.format,
-            toolkit=toolkit, platform=self.platform, batch=self.batch, recipe=cache.RECIPE,
-            window=model.window, n_outputs=model.n_outputs, output_name=OUTPUT_NAME,
-            data_format=DATA_FORMAT, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields,
-        )
+        return make_entry(model, toolkit, self.platform, self.batch, **fields)
 
     def _spec(self, model: ModelInfo, workdir: Path) -> dict:
         if model.format == "onnx":

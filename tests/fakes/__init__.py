@@ -1,0 +1,1 @@
+"""Fakes for hardware boundaries only (the NPU runtime); everything above them runs for real."""

@@ -1,0 +1,249 @@
+"""Wake-word heads on the RK3588 NPU through rknn-toolkit-lite2's RKNNLite, one padded batch per call.
+
+Heads are converted beforehand (`python -m wyoming_oww_rk3588.rknn convert`); a head with no
+usable .rknn is declined by `unsupported_reason` and runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendFailed, BackendUnavailable
+from ..models.registry import ModelInfo
+from ..rknn import cache
+
+_LOGGER = logging.getLogger(__name__)
+
+#: --npu-core-mask value -> RKNNLite constant. `auto` lets the runtime pick an idle core.
+CORE_MASKS = {
+    "auto": "NPU_CORE_AUTO", "0": "NPU_CORE_0", "1": "NPU_CORE_1", "2": "NPU_CORE_2",
+    "0_1": "NPU_CORE_0_1", "0_1_2": "NPU_CORE_0_1_2",
+}
+LIBRKNNRT = "usr/lib/librknnrt.so"  # RKNNLite loads it from this path (relative to the root)
+#: Rockchip's runtime warns below this rknpu driver; docs/npu.md recommends 0.9.6 or newer.
+MIN_DRIVER = (0, 8, 8)
+_DRIVER_VERSION_FILES = ("sys/kernel/debug/rknpu/version", "proc/debug/rknpu/version")
+_CONVERT = "python -m wyoming_oww_rk3588.rknn convert --all --out {dir}"
+
+
+def _npu_device(root: Path) -> str | None:
+    """The NPU's device node: /dev/rknpu (older kernels) or the DRM render node rknpu registers."""
+    if (root / "dev/rknpu").exists():
+        return "/dev/rknpu"
+    for node in sorted((root / "dev/dri").glob("renderD*")):
+        uevent = root / "sys/class/drm" / node.name / "device/uevent"
+        try:
+            if "rknpu" in uevent.read_text().lower():
+                return f"/dev/dri/{node.name}"
+        except OSError:
+            if node.name == "renderD129":  # no sysfs (container): rknpu's usual node
+                return "/dev/dri/renderD129"
+    return None
+
+
+def driver_version(root: Path = Path("/")) -> tuple[int, ...] | None:
+    """The rknpu driver version, when the kernel exposes it to us (debugfs is often root-only)."""
+    for name in _DRIVER_VERSION_FILES:
+        try:
+            match = re.search(r"(\d+)\.(\d+)\.(\d+)", (root / name).read_text())
+        except OSError:
+            continue
+        if match:
+            return tuple(int(p) for p in match.groups())
+    return None
+
+
+def probe_board(root: Path = Path("/"), machine: str | None = None) -> None:
+    """Raise BackendUnavailable with the fix when this is not an RK3588 the NPU runtime can use."""
+    machine = machine or platform.machine()
+    if machine != "aarch64":
+        raise BackendUnavailable(f"the NPU heads need an RK3588 board (aarch64); this machine is {machine}")
+    try:
+        compatible = (root / "proc/device-tree/compatible").read_bytes()
+    except OSError:
+        raise BackendUnavailable(
+            "cannot read /proc/device-tree/compatible; in a container, map it in (or run privileged)"
+        ) from None
+    if b"rockchip,rk3588" not in compatible:
+        board = compatible.replace(b"\0", b" ").decode(errors="replace").strip()
+        raise BackendUnavailable(f"this board ({board}) is not an RK3588; the NPU heads need one")
+    if not (root / LIBRKNNRT).is_file():
+        raise BackendUnavailable(
+            f"/{LIBRKNNRT} is missing; copy rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so "
+            "from rknn-toolkit2 2.5.0 there (docs/npu.md)"
+        )
+    node = _npu_device(root)
+    if node is None:
+        raise BackendUnavailable(
+            "no NPU device node (/dev/dri/renderD129 or /dev/rknpu); load the rknpu driver, "
+            "or map the node into the container"
+        )
+    version = driver_version(root)
+    if version is not None and version < MIN_DRIVER:
+        raise BackendUnavailable(
+            f"rknpu driver {'.'.join(map(str, version))} is too old (need >= "
+            f"{'.'.join(map(str, MIN_DRIVER))}, 0.9.6+ recommended); update the board's kernel"
+        )
+
+
+@dataclass
+class _Head:
+    runtime: object
+    batch: int
+    window: int
+    n_outputs: int
+    data_format: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class RknnHeads:
+    """HeadBackend over RKNNLite: one runtime context per head, batched over all streams."""
+
+    name = "rknn"
+
+    def __init__(self, cache_dir: Path | str | None = None, core_mask: str = "auto", runtime_factory=None,
+                 batch: int | None = None) -> None:
+        """`runtime_factory` makes RKNNLite-like objects (default: the real class, which needs
+        the board); `batch` picks converted files of that batch when several are cached."""
+        core_mask = str(core_mask)
+        if core_mask not in CORE_MASKS:
+            raise ValueError(f"unknown NPU core mask {core_mask!r}; use one of {', '.join(CORE_MASKS)}")
+        if runtime_factory is None:
+            probe_board()
+            try:
+                from rknnlite.api import RKNNLite
+            except ImportError as err:
+                raise BackendUnavailable(
+                    f"rknn-toolkit-lite2 is not installed ({err}); pip install rknn-toolkit-lite2"
+                ) from err
+            runtime_factory = RKNNLite
+        self._factory = runtime_factory
+        self.core_mask = core_mask
+        self.cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir()
+        self.batch = batch
+        self._heads: dict[str, _Head] = {}
+        self._lock = threading.Lock()
+
+    def _find(self, model: ModelInfo) -> tuple[Path, dict] | None:
+        return cache.find_entry(self.cache_dir, model, batch=self.batch)
+
+    def unsupported_reason(self, model: ModelInfo) -> str | None:
+        if model.name in self._heads:
+            return None
+        found = self._find(model)
+        if found is None:
+            return f"no converted .rknn in {self.cache_dir}; run `{_CONVERT.format(dir=self.cache_dir)}`"
+        json_path, entry = found
+        if entry.get("status") != "ok":
+            return f"rknn-toolkit2 {entry.get('toolkit')} could not convert it ({entry.get('reason')})"
+        problem = cache.rknn_problem(json_path, entry)
+        if problem:
+            return f"{problem}; run `{_CONVERT.format(dir=self.cache_dir)} --force`"
+        if (entry.get("window"), entry.get("n_outputs")) != (model.window, model.n_outputs):
+            return f"{json_path.name} does not match the model's shapes; convert it again"
+        return None
+
+    def load(self, model: ModelInfo) -> None:
+        with self._lock:
+            if model.name in self._heads:
+                return
+            reason = self.unsupported_reason(model)
+            if reason:
+                raise BackendUnavailable(reason)
+            json_path, entry = self._find(model)
+            head = _Head(self._open(model, json_path.with_name(entry["rknn_file"]), entry),
+                         entry["batch"], entry["window"], entry["n_outputs"], entry["data_format"])
+            try:
+                # Warm-up: the first call pays the runtime's setup, and proves the NPU answers.
+                self._run(model, head, np.zeros((1, head.window, 96), np.float32))
+            except BackendFailed as err:
+                self._release(head)
+                raise BackendUnavailable(f"the NPU does not run {model.name}: {err}") from err
+            self._heads[model.name] = head
+            _LOGGER.info("Model %s on the NPU (%s, batch %d, cores %s)",
+                         model.name, entry["rknn_file"], head.batch, self.core_mask)
+
+    def _open(self, model: ModelInfo, rknn_path: Path, entry: dict):
+        runtime = self._factory()
+        try:
+            ret = runtime.load_rknn(str(rknn_path))
+            if ret != 0:
+                raise BackendUnavailable(
+                    f"RKNNLite.load_rknn({rknn_path.name}) returned {ret}; convert it again with "
+                    f"`{_CONVERT.format(dir=self.cache_dir)} --force`"
+                )
+            ret = runtime.init_runtime(core_mask=getattr(runtime, CORE_MASKS[self.core_mask]))
+            if ret != 0:
+                raise BackendUnavailable(
+                    f"RKNNLite.init_runtime(cores {self.core_mask}) returned {ret} for {model.name}: NPU busy, "
+                    f"or librknnrt.so / the rknpu driver older than rknn-toolkit2 {entry.get('toolkit')} "
+                    "(see RKNN's log lines above and docs/npu.md)"
+                )
+        except BackendUnavailable:
+            self._release_runtime(runtime)
+            raise
+        except Exception as err:  # noqa: BLE001 - RKNNLite raises OSError etc. for a missing library
+            self._release_runtime(runtime)
+            raise BackendUnavailable(f"RKNNLite cannot start for {model.name} ({err}); see docs/npu.md") from err
+        return runtime
+
+    def _run(self, model: ModelInfo, head: _Head, windows: np.ndarray) -> np.ndarray:
+        """windows [B, W, 96] -> scores [B, n]: padded to the file's fixed batch, split if larger."""
+        rows = len(windows)
+        out = np.empty((rows, head.n_outputs), np.float32)
+        chunk = np.zeros((head.batch, head.window, 96), np.float32)
+        with head.lock:
+            for start in range(0, rows, head.batch):
+                part = windows[start : start + head.batch]
+                chunk[: len(part)] = part
+                chunk[len(part) :] = 0.0  # padding rows: scored, then dropped
+                try:
+                    result = head.runtime.inference(inputs=[chunk], data_format=head.data_format)
+                except Exception as err:  # noqa: BLE001 - any runtime error is a failed call
+                    raise BackendFailed(f"RKNNLite.inference raised {err!r} on {model.name}") from err
+                if not result or result[0] is None or np.size(result[0]) != head.batch * head.n_outputs:
+                    got = "nothing" if not result or result[0] is None else f"shape {np.shape(result[0])}"
+                    raise BackendFailed(f"RKNNLite.inference returned {got} on {model.name} (see RKNN's log)")
+                out[start : start + len(part)] = np.asarray(result[0], np.float32).reshape(head.batch, -1)[: len(part)]
+        return out
+
+    def score(self, model: ModelInfo, windows: np.ndarray) -> np.ndarray:
+        head = self._heads.get(model.name)
+        if head is None:
+            self.load(model)
+            head = self._heads[model.name]
+        windows = np.asarray(windows, np.float32)
+        if windows.shape[1:] != (head.window, 96):
+            raise ValueError(f"{model.name} takes windows [B, {head.window}, 96], not {list(windows.shape)}")
+        try:
+            return self._run(model, head, windows)
+        except BackendFailed:
+            # The engine moves this head to the CPU; free its NPU context now.
+            with self._lock:
+                self._heads.pop(model.name, None)
+            self._release(head)
+            raise
+
+    def _release(self, head: _Head) -> None:
+        with head.lock:
+            self._release_runtime(head.runtime)
+
+    @staticmethod
+    def _release_runtime(runtime) -> None:
+        try:
+            runtime.release()
+        except Exception as err:  # noqa: BLE001 - a broken context may not release cleanly
+            _LOGGER.debug("RKNNLite.release failed: %s", err)
+
+    def close(self) -> None:
+        with self._lock:
+            heads, self._heads = list(self._heads.values()), {}
+        for head in heads:
+            self._release(head)
