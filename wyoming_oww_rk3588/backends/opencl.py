@@ -1,0 +1,365 @@
+"""OpenCL features backend: melspectrogram and speech embedding on a GPU (the RK3588's
+Mali-G610; any OpenCL device for tests) through PyOpenCL and the kernels in `kernels/`.
+
+All streams of a call run as one batch: one upload, one kernel per mel call or per embedding
+layer, one download. States come in and go out as numpy arrays in the CPU backend's format, so a
+stream can move to the CPU backend at any step; a device error raises BackendFailed, never garbage.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import onnx
+
+from .. import graphs
+from ..errors import BackendFailed, BackendUnavailable
+from ..models.registry import builtin_feature_path
+from . import opencl_kernels as K
+from .opencl_device import build_program, choose_device, device_info
+
+_LOGGER = logging.getLogger(__name__)
+
+#: DESIGN.md's exactness contract: absolute error on embeddings and scores.
+TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
+#: Streams per kernel launch at most (int32 indexing and device memory stay bounded).
+MAX_CAPACITY = 1 << 16
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+class _Plan:
+    """Device buffers and bound kernels for up to `capacity` streams of one layer stack.
+
+    Host input (one upload): [mel rows | state_0 | state_1 | ...], each segment [B, ...];
+    host output (one download): [embeddings | new state_0 | ...]. Segment offsets depend on
+    the call's batch B, so exactly B streams travel each way.
+    """
+
+    def __init__(self, owner: "OpenClFeatures", layers: list[K.ConvLayer], program, prefix: str, capacity: int):
+        cl, ctx = owner._cl, owner.context
+        self.cl, self.layers, self.capacity = cl, layers, capacity
+        self.tilings = owner._tilings[prefix]
+        self.mel_size = layers[0].in_size
+        self.state_sizes = [layer.state_size for layer in layers if layer.stateful]
+        self.in_floats = self.mel_size + sum(self.state_sizes)
+        self.out_floats = K.EMBEDDING_DIM + sum(self.state_sizes)
+        act_floats = max(layer.out_size for layer in layers[:-1])
+        flags = cl.mem_flags
+        self.in_buf = cl.Buffer(ctx, flags.READ_ONLY, 4 * capacity * self.in_floats)
+        self.out_buf = cl.Buffer(ctx, flags.READ_WRITE, 4 * capacity * self.out_floats)
+        self.act = [cl.Buffer(ctx, flags.READ_WRITE, owner._store_bytes * capacity * act_floats) for _ in range(2)]
+        self.staging = owner._pinned(capacity * self.in_floats)
+        self.kernels = [cl.Kernel(program, f"{prefix}{i}") for i in range(len(layers))]
+        self.weights = owner._weights
+        self.batch = -1
+
+    def bind(self, batch: int) -> None:
+        """Set every kernel's arguments for `batch` streams (only when the batch changes)."""
+        if batch == self.batch:
+            return
+        s_in = batch * self.mel_size
+        s_out = batch * K.EMBEDDING_DIM
+        last = len(self.layers) - 1
+        for i, (layer, kernel) in enumerate(zip(self.layers, self.kernels)):
+            weight, bias = self.weights[i]
+            x = self.in_buf if i == 0 else self.act[(i - 1) % 2]
+            y = self.out_buf if i == last else self.act[i % 2]
+            kernel.set_args(
+                np.int32(batch), x, np.int32(0), self.in_buf, np.int32(s_in), self.out_buf, np.int32(s_out),
+                weight, bias, y, np.int32(0),
+            )
+            if layer.stateful:
+                s_in += batch * layer.state_size
+                s_out += batch * layer.state_size
+        self.batch = batch
+
+    def launches(self, batch: int):
+        for layer, tiling, kernel in zip(self.layers, self.tilings, self.kernels):
+            rows = batch * layer.tout * layer.fout
+            groups = -(-rows // tiling.rows)
+            yield kernel, groups * tiling.work_group, tiling.work_group
+
+
+class OpenClFeatures:
+    """Melspectrogram and speech embedding as OpenCL kernels, batched and streaming.
+
+    device: "gpu" (GPUs only), "any" or "auto" (a GPU first, else any device, e.g. PoCL);
+    PYOPENCL_CTX picks the device. precision: "fp32", or "fp16" (half storage of weights and
+    activations everywhere; half arithmetic too where the device has cl_khr_fp16).
+    """
+
+    name = "opencl"
+
+    def __init__(self, device: str = "auto", precision: str = "fp32", context=None, mel_fft: bool = True,
+                 tiles: dict | None = None) -> None:
+        if precision not in TOLERANCE:
+            raise ValueError(f"unknown precision {precision!r}; use fp32 or fp16")
+        if context is not None:
+            from .opencl_device import import_pyopencl
+
+            cl, dev = import_pyopencl(), context.devices[0]
+        else:
+            cl, dev = choose_device("gpu" if device == "gpu" else "any")
+        self._cl = cl
+        self.precision = precision
+        self.tolerance = TOLERANCE[precision]
+        self.device = device_info(dev)
+        self.half_math = precision == "fp16" and self.device.fp16
+        self._store_bytes = 2 if precision == "fp16" else 4
+        self._lock = threading.Lock()
+        self._plans: dict[tuple[str, int], _Plan] = {}
+        self._mel_buffers: dict[str, tuple] = {}
+        try:
+            self.context = context or cl.Context([dev])
+            self.queue = cl.CommandQueue(self.context, dev)
+            embedding = onnx.load(str(builtin_feature_path("embedding")))
+            _, self.layout = graphs.streaming_embedding(embedding)
+            self._layers = {"step": K.read_embedding(embedding, windowed=False),
+                            "window": K.read_embedding(embedding, windowed=True)}
+            sizes = [lay.state_size for lay in self._layers["step"] if lay.stateful]
+            if sizes != [int(np.prod(shape)) for shape in self.layout.state_shapes]:
+                raise BackendUnavailable("the embedding's streaming states do not match the CPU layout; use cpu")
+            self._mel = K.read_mel(onnx.load(str(builtin_feature_path("melspectrogram"))))
+            if not mel_fft:
+                self._mel = K.MelSpec(**{**self._mel.__dict__, "window": None})
+            self._build_mel()
+            self._upload_weights()
+            self._tiles = tiles or {}
+            self._tilings: dict[str, list[K.Tiling]] = {}
+            self._programs = {"step": self._build_conv("step")}
+        except cl.Error as err:
+            raise BackendUnavailable(f"OpenCL setup failed on {self.device.label} ({err}); use cpu") from err
+        per_stream = 4 * (self._layers["step"][0].in_size + K.EMBEDDING_DIM) + 8 * sum(sizes) + \
+            2 * self._store_bytes * max(lay.out_size for lay in self._layers["step"])
+        capacity = min(MAX_CAPACITY, self.device.global_mem // 4 // per_stream, self.device.max_alloc // per_stream)
+        self.max_capacity = 1 << max(0, int(capacity).bit_length() - 1)
+
+    # -- setup -------------------------------------------------------------------------------
+    def _buffer(self, array: np.ndarray):
+        flags = self._cl.mem_flags
+        return self._cl.Buffer(self.context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=np.ascontiguousarray(array))
+
+    def _pinned(self, floats: int) -> np.ndarray:
+        """A page-locked host staging array where the driver offers one (fast DMA), else plain."""
+        cl = self._cl
+        try:
+            buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, 4 * max(floats, 1))
+            array, _ = cl.enqueue_map_buffer(self.queue, buf, cl.map_flags.WRITE | cl.map_flags.READ, 0,
+                                             (max(floats, 1),), np.float32)
+            return array
+        except cl.Error:
+            return np.empty(max(floats, 1), np.float32)
+
+    def _upload_weights(self) -> None:
+        store = np.float16 if self.precision == "fp16" else np.float32
+        self._weights = [
+            (self._buffer(layer.weight.astype(store)), None if layer.bias is None else self._buffer(layer.bias))
+            for layer in self._layers["step"]
+        ]
+
+    def _kernel_fits(self, program, names: list[str], sizes: list[int]) -> bool:
+        info = self._cl.kernel_work_group_info.WORK_GROUP_SIZE
+        dev = self.context.devices[0]
+        return all(self._cl.Kernel(program, n).get_work_group_info(info, dev) >= s for n, s in zip(names, sizes))
+
+    def _build_mel(self) -> None:
+        spec, dev = self._mel, self.device
+        work_group = 1 << (min(256, dev.max_work_group).bit_length() - 1)
+        pairs = 4
+        while pairs > 1 and K.mel_local_bytes(spec, work_group, pairs) > dev.local_mem:
+            pairs //= 2
+        while True:
+            defines = K.mel_program_defines(spec, work_group, pairs)
+            options = [f"-D{k}={v}" for k, v in defines.items()]
+            program = build_program(self._cl, self.context, K.kernel_source("mel.cl"), options, "melspectrogram")
+            if work_group == 1 or self._kernel_fits(program, ["melspectrogram"], [work_group]):
+                break
+            work_group //= 2
+        self._mel_program, self._mel_group = program, work_group
+        self._mel_kernel = self._cl.Kernel(program, "melspectrogram")
+        lo, hi = spec.nonzero_bins()
+        fft = defines["MEL_FFT"] == 1
+        self._mel_consts = [
+            self._buffer(spec.window if fft else np.zeros(1, np.float32)),
+            self._buffer(K.twiddles(spec.n_fft)),
+            self._buffer(np.zeros(1, np.float32) if fft else spec.filters_re),
+            self._buffer(np.zeros(1, np.float32) if fft else spec.filters_im),
+            self._buffer(spec.mel), self._buffer(lo), self._buffer(hi),
+        ]
+        self.mel_method = "fft" if fft else "dft"
+
+    def _build_conv(self, which: str):
+        layers, dev = self._layers[which], self.device
+        mt = int(self._tiles.get("mt", 32))
+        while True:
+            tilings = [K.choose_tiling(lay, dev.max_work_group, dev.local_mem, rm=int(self._tiles.get("rm", 4)), mt=mt)
+                       for lay in layers]
+            source = K.conv_program_source(layers, tilings, f"{which}_", self.precision == "fp16", self.half_math)
+            program = build_program(self._cl, self.context, source, [], "embedding")
+            names = [f"{which}_{i}" for i in range(len(layers))]
+            if mt == 1 or self._kernel_fits(program, names, [t.work_group for t in tilings]):
+                self._tilings[f"{which}_"] = tilings
+                return program
+            mt //= 2
+
+    def _plan(self, which: str, batch: int) -> _Plan:
+        capacity = min(self.max_capacity, _pow2_at_least(batch))
+        key = (which, capacity)
+        if key not in self._plans:
+            if which not in self._programs:
+                self._programs[which] = self._build_conv(which)
+            # Keep the newest few plans: the engine's batch size changes only as streams come and go.
+            for old in [k for k in self._plans if k[0] == which][: -2 or None]:
+                del self._plans[old]
+            self._plans[key] = _Plan(self, self._layers[which], self._programs[which], f"{which}_", capacity)
+        return self._plans[key]
+
+    # -- running -----------------------------------------------------------------------------
+    @contextmanager
+    def _device_errors(self, what: str):
+        try:
+            yield
+        except (self._cl.Error, MemoryError) as err:
+            raise BackendFailed(f"OpenCL {what} failed on {self.device.name} ({err})") from err
+
+    def _launch(self, kernel, global_size: int, local_size: int) -> None:
+        self._cl.enqueue_nd_range_kernel(self.queue, kernel, (global_size,), (local_size,))
+
+    def _run(self, plan: _Plan, batch: int, inputs: list[np.ndarray], out_floats: int) -> np.ndarray:
+        cl = self._cl
+        plan.bind(batch)
+        staging = plan.staging[: batch * plan.in_floats]
+        np.concatenate([a.reshape(-1) for a in inputs], out=staging)
+        cl.enqueue_copy(self.queue, plan.in_buf, staging, is_blocking=False)
+        for kernel, size, group in plan.launches(batch):
+            self._launch(kernel, size, group)
+        result = np.empty(batch * out_floats, np.float32)
+        cl.enqueue_copy(self.queue, result, plan.out_buf, is_blocking=True)
+        return result
+
+    def melspectrogram(self, audio: np.ndarray) -> np.ndarray:
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        batch, samples = audio.shape
+        spec = self._mel
+        frames = (samples - spec.n_fft) // spec.hop + 1
+        if batch == 0 or frames <= 0:
+            return np.zeros((batch, max(frames, 0), K.MEL_BINS), np.float32)
+        out = np.empty((batch, frames, K.MEL_BINS), np.float32)
+        with self._lock, self._device_errors("melspectrogram"):
+            in_buf, out_buf = self._mel_io(audio.nbytes, out.nbytes)
+            self._cl.enqueue_copy(self.queue, in_buf, audio, is_blocking=False)
+            self._mel_kernel.set_args(in_buf, np.int32(samples), np.int32(frames), *self._mel_consts, out_buf)
+            self._launch(self._mel_kernel, batch * self._mel_group, self._mel_group)
+            self._cl.enqueue_copy(self.queue, out, out_buf, is_blocking=True)
+        if not np.isfinite(out).all():
+            raise BackendFailed(f"OpenCL melspectrogram on {self.device.name} returned non-finite values")
+        return out
+
+    def _mel_io(self, in_bytes: int, out_bytes: int):
+        """Mel input/output buffers, grown to the next power of two when a call needs more."""
+        flags = self._cl.mem_flags
+        for key, nbytes, flag in (("in", in_bytes, flags.READ_ONLY), ("out", out_bytes, flags.READ_WRITE)):
+            if key not in self._mel_buffers or self._mel_buffers[key][0] < nbytes:
+                size = _pow2_at_least(nbytes)
+                self._mel_buffers[key] = (size, self._cl.Buffer(self.context, flag, size))
+        return self._mel_buffers["in"][1], self._mel_buffers["out"][1]
+
+    def embed_step(self, mel: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        mel = np.asarray(mel, np.float32)
+        batch = len(mel)
+        shapes = self.layout.state_shapes
+        if mel.shape[1:] != (K.STEP_FRAMES, K.MEL_BINS) or len(states) != len(shapes) or any(
+            np.shape(s) != (batch, *shape) for s, shape in zip(states, shapes)
+        ):
+            raise ValueError(f"embed_step takes mel [B, 8, 32] and states {list(shapes)} with a leading B")
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        embeddings, new_states = [], [[] for _ in shapes]
+        with self._lock, self._device_errors("embed_step"):
+            for start in range(0, max(batch, 1), self.max_capacity):
+                rows = slice(start, min(batch, start + self.max_capacity))
+                n = rows.stop - rows.start
+                if n == 0:
+                    break
+                plan = self._plan("step", n)
+                flat = self._run(plan, n, [mel[rows]] + [s[rows] for s in states], plan.out_floats)
+                embeddings.append(flat[: n * K.EMBEDDING_DIM].reshape(n, K.EMBEDDING_DIM))
+                offset = n * K.EMBEDDING_DIM
+                for i, (size, shape) in enumerate(zip(sizes, shapes)):
+                    new_states[i].append(flat[offset : offset + n * size].reshape(n, *shape))
+                    offset += n * size
+        if batch == 0:
+            return np.zeros((0, K.EMBEDDING_DIM), np.float32), [np.zeros((0, *s), np.float32) for s in shapes]
+        join = (lambda parts: parts[0]) if len(embeddings) == 1 else np.concatenate
+        result = join(embeddings)
+        if not np.isfinite(result).all():
+            raise BackendFailed(f"OpenCL embed_step on {self.device.name} returned non-finite embeddings")
+        return result, [join(parts) for parts in new_states]
+
+    def embed_windows(self, mel: np.ndarray) -> np.ndarray:
+        mel = np.asarray(mel, np.float32)
+        if mel.shape[1:] != (K.WINDOW_FRAMES, K.MEL_BINS):
+            raise ValueError("embed_windows takes mel [N, 76, 32]")
+        parts = []
+        with self._lock, self._device_errors("embed_windows"):
+            for start in range(0, len(mel), self.max_capacity):
+                chunk = mel[start : start + self.max_capacity]
+                flat = self._run(self._plan("window", len(chunk)), len(chunk), [chunk], K.EMBEDDING_DIM)
+                parts.append(flat.reshape(len(chunk), K.EMBEDDING_DIM))
+        result = np.concatenate(parts) if parts else np.zeros((0, K.EMBEDDING_DIM), np.float32)
+        if not np.isfinite(result).all():
+            raise BackendFailed(f"OpenCL embed_windows on {self.device.name} returned non-finite embeddings")
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._plans.clear()
+            self._mel_buffers.clear()
+
+
+def self_test(backend, reference=None, steps: int = 3) -> float:
+    """Max |backend - CPU| over scaled mel and streaming embeddings of one fixed input:
+    three streams (loud harmonics, quiet noise, silence) for `steps` 80 ms steps."""
+    from ..features import FRAME_SAMPLES, MEL_CONTEXT_SAMPLES, scale_mel
+    from .cpu import CpuFeatures
+
+    reference = reference or CpuFeatures()
+    rng = np.random.default_rng(20240605)
+    n = MEL_CONTEXT_SAMPLES + steps * FRAME_SAMPLES
+    t = np.arange(n) / 16000
+    loud = 9000 * sum(np.sin(2 * np.pi * 150 * k * t) / k for k in range(1, 12))
+    audio = np.stack([np.clip(loud, -32768, 32767), rng.normal(0, 300, n), np.zeros(n)]).round().astype(np.float32)
+    ours = [np.zeros((3, *s), np.float32) for s in backend.layout.state_shapes]
+    theirs = [s.copy() for s in ours]
+    error = 0.0
+    for step in range(steps):
+        chunk = audio[:, step * FRAME_SAMPLES : step * FRAME_SAMPLES + MEL_CONTEXT_SAMPLES + FRAME_SAMPLES]
+        mel_ours, mel_ref = scale_mel(backend.melspectrogram(chunk)), scale_mel(reference.melspectrogram(chunk))
+        emb_ours, ours = backend.embed_step(mel_ref, ours)
+        emb_ref, theirs = reference.embed_step(mel_ref, theirs)
+        error = max(error, float(np.abs(mel_ours - mel_ref).max()), float(np.abs(emb_ours - emb_ref).max()))
+    return error
+
+
+def probe(kind: str = "gpu", precision: str = "fp32") -> tuple[OpenClFeatures | None, str]:
+    """(backend, what runs) when an OpenCL device of `kind` ("gpu" for auto, "any" for an explicit
+    opencl choice) builds the kernels and passes the start-up self test, else (None, why)."""
+    try:
+        backend = OpenClFeatures(device=kind, precision=precision)
+    except BackendUnavailable as err:
+        return None, str(err)
+    try:
+        error = self_test(backend)
+    except (BackendFailed, BackendUnavailable) as err:
+        backend.close()
+        return None, f"the OpenCL self test could not run on {backend.device.label} ({err}); use cpu"
+    if not error <= backend.tolerance:
+        backend.close()
+        return None, (f"the OpenCL self test failed on {backend.device.label}: max error {error:.3g} > "
+                      f"{backend.tolerance:g} against the CPU backend; use cpu and report the device")
+    return backend, f"opencl {precision} on {backend.device.label}; self test max error {error:.1e}"
