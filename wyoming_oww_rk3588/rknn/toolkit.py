@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
+
+from .worker import log_problems
 
 PYTHON_ENV = "WYOMING_OWW_RKNN_PYTHON"
 WORKER = Path(__file__).with_name("worker.py")
@@ -40,35 +43,54 @@ class Toolkit:
             self._version = self.run({"command": "version"}, workdir)["toolkit"]
         return self._version
 
-    def run(self, job: dict, workdir: Path) -> dict:
-        """Run one job in a fresh toolkit process; models it never reported come back failed."""
-        workdir = Path(workdir)
-        result_path = workdir / f"{job.get('command', 'build')}-result.json"
-        job = dict(job, result=str(result_path))
-        job_path = workdir / f"{job.get('command', 'build')}-job.json"
-        job_path.write_text(json.dumps(job, indent=1))
-        log_path = workdir / "worker.log"
+    def _spawn(self, job: dict, workdir: Path, attempt: int) -> tuple[dict | None, str]:
+        """Run `job` in a fresh toolkit process: (its result JSON or None, how it ended)."""
+        result_path = workdir / f"{job['command']}-{attempt}-result.json"
+        job_path = workdir / f"{job['command']}-{attempt}-job.json"
+        job_path.write_text(json.dumps(dict(job, result=str(result_path)), indent=1))
         # The worker imports only the toolkit's own packages: keep ours off its path.
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        with open(log_path, "ab") as log:
+        with open(workdir / "worker.log", "ab") as log:
             try:
-                proc = subprocess.run(
-                    [str(self.python), str(WORKER), str(job_path)],
-                    stdout=log, stderr=subprocess.STDOUT, env=env, timeout=self.timeout_s, check=False,
-                )
-                code = proc.returncode
+                code = subprocess.run([str(self.python), str(WORKER), str(job_path)], stdout=log,
+                                      stderr=subprocess.STDOUT, env=env, timeout=self.timeout_s).returncode
+                ended = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             except subprocess.TimeoutExpired:
-                code = f"timeout after {self.timeout_s:.0f} s"
+                ended = f"timed out after {self.timeout_s:.0f} s"
         try:
-            result = json.loads(result_path.read_text())
+            return json.loads(result_path.read_text()), ended
         except (OSError, ValueError):
-            if job.get("command") == "version":
-                tail = log_path.read_text(errors="replace")[-400:].strip().replace("\n", " | ")
-                raise ToolkitError(f"rknn-toolkit2 in {self.python} does not run ({code}): {tail}") from None
-            result = {"models": {}}
-        for spec in job.get("models", []):
-            result["models"].setdefault(spec["name"], {
-                "status": "failed", "stage": "worker",
-                "reason": f"the toolkit process ended ({code}) before reporting; see {log_path}",
-            })
-        return result
+            return None, ended
+
+    def run(self, job: dict, workdir: Path) -> dict:
+        """Run a build job; a model that crashes the toolkit (it segfaults on some graphs) is
+        reported failed and the models after it go on in a fresh process."""
+        workdir = Path(workdir)
+        job = dict(job, command=job.get("command", "build"))
+        if job["command"] == "version":
+            result, ended = self._spawn(job, workdir, 0)
+            if result is None:
+                tail = (workdir / "worker.log").read_text(errors="replace")[-400:].strip().replace("\n", " | ")
+                raise ToolkitError(f"rknn-toolkit2 in {self.python} does not run ({ended}): {tail}")
+            return result
+        pending, reports, toolkit = list(job["models"]), {}, None
+        for attempt in range(1, len(pending) + 1):
+            result, ended = self._spawn(dict(job, models=pending), workdir, attempt)
+            result = result or {"models": {}}
+            toolkit = result.get("toolkit", toolkit)
+            for name, report in result["models"].items():
+                if report["status"] == "running":  # the model in hand when the process died
+                    log = workdir / f"{name}.log"
+                    problems = "; ".join(log_problems(log, warnings=False)) if log.exists() else ""
+                    reason = f"{report['stage']} crashed rknn-toolkit2 ({ended})" + (f": {problems}" if problems else "")
+                    report = {"status": "failed", "stage": report["stage"], "reason": reason}
+                reports[name] = report
+            pending = [spec for spec in pending if spec["name"] not in reports]
+            if not pending:
+                break
+            if not result["models"]:  # died before its first model: no progress to be had
+                break
+        for spec in pending:
+            reports[spec["name"]] = {"status": "failed", "stage": "worker",
+                                     "reason": f"the rknn-toolkit2 process ended ({ended}) before this model"}
+        return {"toolkit": toolkit, "models": reports}

@@ -52,10 +52,12 @@ def _captured(log_path: Path):
             os.close(saved[1])
 
 
-def _errors(log_path: Path) -> list[str]:
-    lines = _ANSI.sub("", log_path.read_text(errors="replace")).splitlines()
-    return [line.strip() for line in lines
-            if line.lstrip().startswith("E ") and not any(h in line for h in _HARMLESS)]
+def log_problems(log_path: Path, warnings: bool = True) -> list[str]:
+    """The toolkit's last error lines, else its first warnings (a missing tensorflow is only one)."""
+    lines = [line.strip() for line in _ANSI.sub("", log_path.read_text(errors="replace")).splitlines()
+             if not any(h in line for h in _HARMLESS)]
+    errors = [line for line in lines if line.startswith("E ")]
+    return errors[-3:] or ([line for line in lines if line.startswith("W ")][:2] if warnings else [])
 
 
 def _simulate(rknn, inputs_path: str, outputs_path: str, batch: int, data_format: str) -> None:
@@ -73,11 +75,13 @@ def _simulate(rknn, inputs_path: str, outputs_path: str, batch: int, data_format
     np.savez(outputs_path, scores=np.concatenate(outputs))
 
 
-def run_model(spec: dict, job: dict, log_path: Path) -> dict:
-    """Load, build, export (if asked) and simulate (if asked) one model; never raises."""
+def run_model(spec: dict, job: dict, log_path: Path, progress=lambda stage: None) -> dict:
+    """Load, build, export (if asked) and simulate (if asked) one model; never raises.
+    `progress(stage)` is told each stage first, so a crash of the toolkit can be placed."""
     from rknn.api import RKNN
 
     stage = "load"
+    progress(stage)
     rknn = RKNN(verbose=False)
     try:
         with _captured(log_path):
@@ -92,23 +96,26 @@ def run_model(spec: dict, job: dict, log_path: Path) -> dict:
             if ret != 0:
                 raise RuntimeError(f"load returned {ret}")
             stage = "build"
+            progress(stage)
             # fp16 throughout: quantizing would need a calibration set and loses the 2e-2 budget.
             ret = rknn.build(do_quantization=False, **build_args)
             if ret != 0:
                 raise RuntimeError(f"build returned {ret}")
             if spec.get("export"):
                 stage = "export"
+                progress(stage)
                 if rknn.export_rknn(spec["export"]) != 0:
                     raise RuntimeError("export_rknn returned an error")
             if spec.get("inputs"):
                 stage = "simulate"
+                progress(stage)
                 # No target: the x86 simulator, which only runs a model built in this process.
                 if rknn.init_runtime() != 0:
                     raise RuntimeError("init_runtime (simulator) returned an error")
                 _simulate(rknn, spec["inputs"], spec["outputs"], job["batch"], job["data_format"])
         return {"status": "ok", "log": str(log_path)}
     except Exception as err:  # noqa: BLE001 - the toolkit raises anything; report it, go on
-        detail = "; ".join(_errors(log_path)[-3:]) if log_path.exists() else ""
+        detail = "; ".join(log_problems(log_path)) if log_path.exists() else ""
         reason = f"{stage} failed: {err}" + (f" ({detail})" if detail else "")
         return {"status": "failed", "stage": stage, "reason": reason, "log": str(log_path)}
     finally:
@@ -124,8 +131,13 @@ def main(job_path: str) -> int:
         _write_json(result_path, result)
         return 0
     for spec in job["models"]:
-        log_path = result_path.with_name(f"{spec['name']}.log")
-        result["models"][spec["name"]] = run_model(spec, job, log_path)
+        name = spec["name"]
+
+        def progress(stage: str) -> None:
+            result["models"][name] = {"status": "running", "stage": stage}
+            _write_json(result_path, result)
+
+        result["models"][name] = run_model(spec, job, result_path.with_name(f"{name}.log"), progress)
         _write_json(result_path, result)
     return 0
 
