@@ -1,0 +1,398 @@
+"""`python -m wyoming_oww_rk3588 doctor`: what this machine has for the GPU and NPU paths, which
+backend each stage will use and why, and how fast each stage runs here. Each line says OK, or what
+is missing and how to fix it; a missing piece is reported, never raised."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import fcntl
+import importlib.metadata
+import logging
+import os
+import platform
+import re
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+ADDON_VENDOR_DIR = "/share/rk3588"  # where the add-on takes the board's vendor libraries from
+PACKAGES = {  # distribution -> (what it is for, the extra that installs it)
+    "wyoming": ("the Wyoming protocol", ""), "onnxruntime": ("the CPU backend", ""), "numpy": ("everything", ""),
+    "pyopencl": ("GPU features over OpenCL", "opencl"), "rknn-toolkit-lite2": ("NPU heads", "rknn"),
+    "ai-edge-litert": ("your .tflite heads", "tflite"),
+}
+_RKNNRT_VERSION = re.compile(rb"librknnrt version: ([^\x00\n]{1,120})")
+
+
+class Report:
+    """Prints each line as it is found (the add-on log streams it); counts failures of the CPU floor."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout
+        self.lines: list[tuple[str, str, str]] = []
+        self.cpu_broken = False
+
+    def add(self, status: str, topic: str, text: str) -> None:
+        self.lines.append((status, topic, text))
+        print(f"{status:<7} {topic}: {text}", file=self.stream, flush=True)
+
+    def section(self, title: str) -> None:
+        print(f"== {title}", file=self.stream, flush=True)
+
+    @contextmanager
+    def guard(self, topic: str):
+        """A check that crashes becomes one WARN line; the doctor goes on."""
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 - the doctor must never take itself down
+            self.add("WARN", topic, f"check failed unexpectedly ({type(err).__name__}: {err}); please report it")
+
+
+class _DrmVersion(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("name_len", ctypes.c_size_t), ("name", ctypes.c_void_p),
+                ("date_len", ctypes.c_size_t), ("date", ctypes.c_void_p),
+                ("desc_len", ctypes.c_size_t), ("desc", ctypes.c_void_p)]
+
+
+_DRM_IOCTL_VERSION = (3 << 30) | (ctypes.sizeof(_DrmVersion) << 16) | (ord("d") << 8)  # _IOWR('d', 0, ...)
+
+
+def open_error(path: Path) -> str | None:
+    """None when the node opens read-write, else why (a container sees every node, may open few)."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+        return None
+    except OSError as err:
+        return err.strerror or str(err)
+
+
+def drm_driver(node: Path, root: Path) -> tuple[str, str]:
+    """(driver name, version) of a DRM node: DRM_IOCTL_VERSION when it opens, else sysfs's uevent."""
+    try:
+        fd = os.open(node, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            buffer = ctypes.create_string_buffer(64)
+            version = _DrmVersion(name_len=64, name=ctypes.addressof(buffer))
+            fcntl.ioctl(fd, _DRM_IOCTL_VERSION, version, True)
+            return buffer.value.decode(errors="replace"), f"{version.major}.{version.minor}.{version.patch}"
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    try:
+        uevent = (root / "sys/class/drm" / node.name / "device/uevent").read_text()
+        match = re.search(r"^DRIVER=(\S+)", uevent, re.M)
+        return (match.group(1) if match else "unknown"), ""
+    except OSError:
+        return "unknown", ""
+
+
+def rknnrt_version(path: Path) -> str | None:
+    """The `librknnrt version: ...` string Rockchip builds into the library."""
+    match = _RKNNRT_VERSION.search(path.read_bytes())
+    return match.group(1).decode(errors="replace").strip() if match else None
+
+
+def _package_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def check_python(r: Report, machine: str) -> None:
+    r.add("OK", "python", f"{platform.python_version()} on {machine}; wyoming-oww-rk3588 {__version__}")
+    for dist, (purpose, extra) in PACKAGES.items():
+        version = _package_version(dist)
+        if version:
+            r.add("OK", dist, f"{version} ({purpose})")
+        elif dist == "rknn-toolkit-lite2" and machine != "aarch64":
+            r.add("MISSING", dist, f"not installed: it exists for aarch64 only; {purpose} need an RK3588 board")
+        else:
+            fix = f"pip install 'wyoming-oww-rk3588[{extra}]'" if extra else "reinstall wyoming-oww-rk3588"
+            r.add("MISSING", dist, f"not installed ({purpose}); fix: {fix}")
+
+
+def _mali_fix(in_addon: bool) -> str:
+    if in_addon:
+        return (f"copy the board's libmali (e.g. libmali-valhall-g610-*.so, the build matching its kernel's Mali "
+                f"driver) to {ADDON_VENDOR_DIR}/ and restart the add-on")
+    return ("install libmali for the Mali-G610 matching the kernel's Mali driver, and register it: "
+            "echo /usr/lib/aarch64-linux-gnu/libmali.so.1 > /etc/OpenCL/vendors/mali.icd")
+
+
+def check_opencl(r: Report, root: Path, in_addon: bool) -> None:
+    fix = _mali_fix(in_addon)
+    try:
+        ctypes.CDLL("libOpenCL.so.1")
+        r.add("OK", "OpenCL loader", "libOpenCL.so.1 loads")
+    except OSError as err:
+        r.add("MISSING", "OpenCL loader", f"libOpenCL.so.1 does not load ({err}); "
+              "fix: apt-get install ocl-icd-libopencl1")
+    icds = {i.name: i.read_text(errors="replace").strip() for i in sorted((root / "etc/OpenCL/vendors").glob("*.icd"))}
+    for name, library in icds.items():
+        if library.startswith("/") and not (root / library.lstrip("/")).exists():
+            r.add("MISSING", "OpenCL ICD", f"{name} names {library}, which does not exist; fix: {fix}")
+        else:
+            r.add("OK", "OpenCL ICD", f"{name} -> {library}")
+    if not any("mali" in f"{name} {library}".lower() for name, library in icds.items()):
+        r.add("MISSING", "OpenCL ICD", f"no libmali ICD in /etc/OpenCL/vendors; fix: {fix}")
+    from .backends.opencl_device import device_info, import_pyopencl
+    from .errors import BackendUnavailable
+
+    devices = []
+    try:
+        cl = import_pyopencl()
+        for platform_ in cl.get_platforms():
+            try:
+                devices += [device_info(d) for d in platform_.get_devices()]
+            except cl.Error:  # a platform without devices
+                continue
+    except BackendUnavailable as err:  # its message says what to install
+        r.add("MISSING", "OpenCL devices", f"none listed: {err}")
+    except Exception as err:  # noqa: BLE001 - cl.Error: PLATFORM_NOT_FOUND_KHR when no ICD loads
+        r.add("MISSING", "OpenCL devices", f"no OpenCL platform ({err}); fix: {fix}")
+    for info in devices:
+        r.add("OK", "OpenCL device", f"{info.name} [{info.platform}] {'GPU' if info.is_gpu else 'not a GPU'}, "
+              f"{info.version}, {info.compute_units} CUs, fp16 {'yes' if info.fp16 else 'no'}")
+    if any("mali" in info.name.lower() for info in devices):
+        r.add("OK", "Mali GPU", "found among OpenCL devices")
+    else:
+        r.add("MISSING", "Mali GPU", f"not among OpenCL devices; fix: {fix} (and see the Mali node line)")
+
+
+def check_gpu_nodes(r: Report, root: Path, in_addon: bool) -> None:
+    mali = root / "dev/mali0"
+    passthrough = "the add-on passes it through once the host has it" if in_addon else "docker run --device /dev/mali0"
+    if not mali.exists():
+        r.add("MISSING", "Mali node", "no /dev/mali0: the kernel lacks the Rockchip (kbase) Mali driver libmali needs; "
+              f"fix: boot the board's vendor kernel (Rockchip BSP 5.10/6.1); {passthrough}")
+    elif (error := open_error(mali)) is not None:
+        r.add("MISSING", "Mali node", f"/dev/mali0 exists but does not open ({error}); fix: "
+              + ("check the add-on's devices list" if in_addon else "docker run --device /dev/mali0"))
+    else:
+        gpuinfo = root / "sys/class/misc/mali0/device/gpuinfo"
+        detail = gpuinfo.read_text(errors="replace").strip() if gpuinfo.is_file() else "GPU details not exposed"
+        r.add("OK", "Mali node", f"/dev/mali0 opens ({detail})")
+    for node in sorted((root / "dev/dri").glob("renderD*")):
+        driver, version = drm_driver(node, root)
+        error = open_error(node)
+        r.add("OK" if error is None else "WARN", "DRM node", f"/dev/dri/{node.name}: {driver} {version}".rstrip()
+              + (", opens" if error is None else f", does not open ({error})"))
+
+
+def _compatible(root: Path) -> tuple[list[str], str | None]:
+    """The device tree's compatible strings, from /proc or from Home Assistant's /device-tree mapping."""
+    for name in ("proc/device-tree/compatible", "device-tree/compatible"):
+        try:
+            return [c for c in (root / name).read_bytes().decode(errors="replace").split("\0") if c], f"/{name}"
+        except OSError:
+            continue
+    return [], None
+
+
+def _npu_nodes(root: Path) -> list[Path]:
+    nodes = [n for n in [root / "dev/rknpu", *sorted((root / "dev/dri").glob("renderD*"))]
+             if n.exists() and (n.name == "rknpu" or drm_driver(n, root)[0].lower() == "rknpu")]
+    fallback = root / "dev/dri/renderD129"  # rknpu's usual node, when neither sysfs nor the node tell
+    return nodes or ([fallback] if fallback.exists() else [])
+
+
+def check_npu(r: Report, root: Path, machine: str, in_addon: bool) -> None:
+    from .backends.rknn import MIN_DRIVER, driver_version, probe_board
+    from .errors import BackendUnavailable
+
+    compatible, where = _compatible(root)
+    if where is None:
+        r.add("MISSING", "SoC", "device tree not readable (/proc/device-tree/compatible); fix: on a board, "
+              + ("the add-on maps it at /device-tree: update the add-on" if in_addon
+                 else "docker run --security-opt systempaths=unconfined (containers hide /sys/firmware)"))
+    elif any(c.startswith("rockchip,rk3588") for c in compatible):
+        r.add("OK", "SoC", f"{' '.join(compatible)} (from {where})")
+    else:
+        r.add("MISSING", "SoC", f"{' '.join(compatible) or 'unknown'} is not an RK3588: no NPU heads here")
+    npu = _npu_nodes(root)
+    if not npu:
+        r.add("MISSING", "NPU node", "no /dev/dri/renderD129 (rknpu) nor /dev/rknpu; fix: boot a kernel with "
+              "Rockchip's rknpu driver" + ("" if in_addon else ", then docker run --device /dev/dri/renderD129"))
+    for node in npu:
+        shown, error = f"/{node.relative_to(root)}", open_error(node)
+        r.add("OK", "NPU node", f"{shown} opens") if error is None else r.add(
+            "MISSING", "NPU node", f"{shown} exists but does not open ({error}); fix: pass it to the container")
+    # debugfs (root only, absent in containers) first, else the DRM version of rknpu's render node.
+    versions = [v for n in npu if n.name != "rknpu" and (v := drm_driver(n, root)[1])]
+    driver = driver_version(root) or (tuple(int(x) for x in versions[0].split(".")) if versions else None)
+    if driver is None:
+        r.add("WARN", "rknpu driver", "version not readable here; on the host: cat /sys/kernel/debug/rknpu/version")
+    elif driver < MIN_DRIVER:
+        r.add("MISSING", "rknpu driver", f"{'.'.join(map(str, driver))} is older than "
+              f"{'.'.join(map(str, MIN_DRIVER))}; fix: update the board's kernel")
+    else:
+        r.add("OK", "rknpu driver", ".".join(map(str, driver)))
+    library, lite = root / "usr/lib/librknnrt.so", _package_version("rknn-toolkit-lite2")
+    if not library.is_file():
+        r.add("MISSING", "librknnrt", "/usr/lib/librknnrt.so not found; fix: " + (
+            f"copy librknnrt.so to {ADDON_VENDOR_DIR}/ and restart the add-on" if in_addon else
+            "copy rknn-toolkit2's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so to /usr/lib/"))
+    elif (version := rknnrt_version(library)) and lite and version.split(".")[:2] != lite.split(".")[:2]:
+        r.add("WARN", "librknnrt", f"{version} but rknn-toolkit-lite2 {lite}; fix: use the runtime of the "
+              "release of the toolkit that converted the heads")
+    else:
+        r.add("OK", "librknnrt", f"/usr/lib/librknnrt.so {version or '(version string not found)'}")
+    try:
+        probe_board(root, machine)
+        r.add("OK", "NPU runtime", "the board checks of the rknn heads backend pass")
+    except BackendUnavailable as err:
+        r.add("MISSING", "NPU runtime", str(err))
+
+
+@contextmanager
+def _captured(logger_name: str):
+    """The log lines `select` writes while choosing (its reasons), kept instead of printed."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger(logger_name)
+    old_propagate, old_level = logger.propagate, logger.level
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)  # the reasons are INFO lines, below a default root logger's level
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = old_propagate
+        logger.setLevel(old_level)
+
+
+def check_choice(r: Report, threads: int, rknn_options: dict) -> tuple[dict, list]:
+    """What `auto` picks per stage and why; returns the features backends and heads list to time."""
+    from .backends.select import select_features, select_heads
+    from .models.registry import ModelRegistry
+
+    features = {}
+    with _captured("wyoming_oww_rk3588.backends.select"):
+        for name in ("auto", "opencl", "cpu"):
+            backend, why = select_features(name, threads=threads)
+            if name == "auto":
+                r.add("OK" if backend.name != "cpu" else "INFO", "features", f"auto uses {backend.name}: {why}")
+            if backend.name not in features:
+                features[backend.name] = backend
+            else:
+                backend.close()
+    with _captured("wyoming_oww_rk3588.backends.select") as records:
+        heads = select_heads("auto", threads=threads, rknn_options=rknn_options)
+    for record in records:  # without select's "run doctor" advice: this is the doctor
+        r.add("INFO", "heads", record.getMessage().split("; run `")[0])
+    placed: dict[str, list[str]] = {}
+    for model in ModelRegistry().models.values():
+        reasons = []
+        for backend in heads:
+            if (reason := backend.unsupported_reason(model)) is None:
+                placed.setdefault(backend.name, []).append(model.name)
+                break
+            reasons.append(f"{backend.name}: {reason}")
+        if reasons:
+            status = "INFO" if len(reasons) < len(heads) else "MISSING"
+            r.add(status, "heads", f"{model.name} skips {'; '.join(reasons)}")
+    for name, models in placed.items():
+        r.add("OK" if name != "cpu" else "INFO", "heads", f"{name} runs {', '.join(models)}")
+    return features, heads
+
+
+def _timed(seconds: float, step) -> float:
+    """Milliseconds per call of `step`, after a warm-up, over about `seconds` (at least 5 calls)."""
+    for _ in range(3):
+        step()
+    calls, start = 0, time.perf_counter()
+    while calls < 5 or time.perf_counter() - start < seconds:
+        step()
+        calls += 1
+    return (time.perf_counter() - start) * 1000 / calls
+
+
+def _speed(ms: float) -> str:
+    return f"{ms:.2f} ms per 80 ms step, real-time factor {ms / 80:.4f} (~{int(80 / ms) if ms else 0} streams)"
+
+
+def _time_one(r: Report, topic: str, seconds: float, step, prefix: str = "") -> None:
+    try:
+        r.add("OK", topic, prefix + _speed(_timed(seconds, step)))
+    except Exception as err:  # noqa: BLE001 - report it and go on to the next backend
+        cpu = topic.endswith(" cpu")  # the CPU is the floor: its failure fails the doctor
+        r.cpu_broken |= cpu
+        r.add("MISSING" if cpu else "WARN", topic, f"failed while timed ({type(err).__name__}: {err})")
+
+
+def time_stages(r: Report, features: dict, heads: list, seconds: float) -> None:
+    from .features import FRAME_SAMPLES, MEL_CONTEXT_SAMPLES, MEL_FRAMES_PER_STEP, scale_mel
+    from .models.registry import ModelRegistry
+
+    rng = np.random.default_rng(0)  # fixed input: runs compare across boards
+    audio = rng.integers(-3000, 3000, (1, FRAME_SAMPLES + MEL_CONTEXT_SAMPLES)).astype(np.float32)
+    for name, backend in features.items():
+        states = [np.zeros((1, *shape), np.float32) for shape in backend.layout.state_shapes]
+
+        def step(backend=backend):
+            nonlocal states
+            _, states = backend.embed_step(scale_mel(backend.melspectrogram(audio))[:, -MEL_FRAMES_PER_STEP:], states)
+
+        _time_one(r, f"features {name}", seconds, step)
+    models = list(ModelRegistry().models.values())
+    for backend in heads:
+        mine = [m for m in models if backend.unsupported_reason(m) is None]
+        windows = {m.name: rng.standard_normal((1, m.window, 96)).astype(np.float32) for m in mine}
+        if mine:
+            _time_one(r, f"heads {backend.name}", seconds,
+                      lambda b=backend, ms=mine: [b.score(m, windows[m.name]) for m in ms], f"{len(mine)} models: ")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wyoming-oww-rk3588 doctor", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed run per stage and backend (0: none)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads, as the server's --threads")
+    parser.add_argument("--npu-core-mask", default="auto", help="as the server's --npu-core-mask")
+    parser.add_argument("--rknn-cache-dir", type=Path, default=None, help="as the server's --rknn-cache-dir")
+    parser.add_argument("--root", type=Path, default=Path("/"), help=argparse.SUPPRESS)  # tests: fake /dev, /sys
+    return parser
+
+
+def main(argv: list[str] | None = None, stream=None) -> int:
+    """0 when the CPU pipeline works (accelerators only add lines), 1 when even the CPU floor fails."""
+    args = build_parser().parse_args(argv)
+    r = Report(stream)
+    machine = platform.machine()
+    in_addon = bool(os.environ.get("SUPERVISOR_TOKEN"))
+    for title, topic, check in (
+        ("Python and packages", "packages", lambda: check_python(r, machine)),
+        ("GPU (OpenCL, Mali-G610)", "gpu nodes", lambda: check_gpu_nodes(r, args.root, in_addon)),
+        (None, "opencl", lambda: check_opencl(r, args.root, in_addon)),
+        ("NPU (RKNN)", "npu", lambda: check_npu(r, args.root, machine, in_addon)),
+    ):
+        if title:
+            r.section(title)
+        with r.guard(topic):
+            check()
+    r.section("Backends")
+    features, heads = {}, []
+    rknn_options = {"core_mask": args.npu_core_mask}
+    rknn_options.update({"cache_dir": args.rknn_cache_dir} if args.rknn_cache_dir else {})
+    with r.guard("backend choice"):
+        features, heads = check_choice(r, args.threads, rknn_options)
+    if args.seconds > 0:
+        r.section(f"Timing ({args.seconds:g} s per stage and backend, one stream)")
+        with r.guard("timing"):
+            time_stages(r, features, heads, args.seconds)
+    for backend in [*features.values(), *heads]:
+        with r.guard("close"):
+            backend.close()
+    missing = sum(1 for status, _, _ in r.lines if status == "MISSING")
+    r.section(f"{missing} missing; " + ("the CPU pipeline FAILED" if r.cpu_broken else "the CPU pipeline works"))
+    return 1 if r.cpu_broken else 0
