@@ -1,0 +1,144 @@
+"""Heads stage per 80 ms tick for N streams x every built-in head: calls and CPU milliseconds.
+
+Columns: the CPU backend batched (one onnxruntime call per head), openWakeWord's way (one call
+per stream per head), and the NPU path (RknnHeads, fixed batch): its calls per tick, and its ms
+per tick: on the board with --rknn-cache DIR the real NPU's, elsewhere only the host side
+(padding, copies) over a runtime that answers at once.
+Run: python benchmarks/bench_heads.py [--streams 1 8 64 256] [--ticks 20] [--batch 32] [--rknn-cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+
+from wyoming_oww_rk3588.backends.cpu import CpuHeads
+from wyoming_oww_rk3588.backends.rknn import RknnHeads
+from wyoming_oww_rk3588.errors import BackendUnavailable
+from wyoming_oww_rk3588.models.registry import ModelRegistry
+from wyoming_oww_rk3588.rknn import cache
+from wyoming_oww_rk3588.rknn.convert import make_entry
+
+SIMULATOR_NOTE = """\
+What rknn-toolkit2's x86 simulator can tell: that each head converts, its fp16 scores (see
+`python -m wyoming_oww_rk3588.rknn convert --all --check`), and how many NPU calls a tick takes
+(the column above). What it cannot tell: NPU time. It emulates the NPU on the x86 CPU, so its
+timings say nothing about the RK3588, and it does not model the fixed cost of each call in the
+runtime and driver (job submission, fp32<->fp16 conversion, cache maintenance). A head is only
+0.1-0.9 MFLOP per row, so that fixed cost is expected to dominate: hence few, large calls.
+Measure on the board: this benchmark with --rknn-cache DIR, or rknn-toolkit2's eval_perf()."""
+
+
+class InstantNpu:
+    """An RKNNLite stand-in that answers at once: leaves only RknnHeads' own host-side work."""
+
+    NPU_CORE_AUTO = 0
+
+    def __init__(self, verbose: bool = False) -> None:
+        self._out = None
+        self._n_outputs = 1
+
+    def load_rknn(self, path: str) -> int:
+        self._n_outputs = json.loads(Path(path).with_suffix(".json").read_text())["n_outputs"]
+        return 0
+
+    def init_runtime(self, core_mask: int = 0) -> int:
+        return 0
+
+    def inference(self, inputs, data_format=None):
+        rows = len(inputs[0])
+        if self._out is None or len(self._out) != rows:
+            self._out = np.zeros((rows, self._n_outputs), np.float32)
+        return [self._out]
+
+    def release(self) -> None:
+        pass
+
+
+def _placeholder_cache(directory: Path, models, batch: int) -> None:
+    for model in models:
+        json_path, _ = cache.entry_paths(directory, model, cache.cache_key(model.sha256, "bench", cache.PLATFORM, batch))
+        entry = make_entry(model, "bench", cache.PLATFORM, batch, status="ok", reason=None)
+        cache.write_entry(json_path, entry, b"placeholder")
+
+
+def ms_per_tick(tick, ticks: int) -> float:
+    tick()  # warm-up: first calls allocate
+    times = []
+    for _ in range(ticks):
+        start = time.perf_counter()
+        tick()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 64, 256])
+    parser.add_argument("--ticks", type=int, default=20, help="ticks timed per cell (median)")
+    parser.add_argument("--batch", type=int, default=cache.DEFAULT_BATCH, help="the NPU files' fixed batch")
+    parser.add_argument("--rknn-cache", type=Path, default=None,
+                        help="on an RK3588: converted heads to time on the real NPU (rknn-toolkit-lite2)")
+    parser.add_argument("--core-mask", default="auto", help="NPU cores with --rknn-cache")
+    args = parser.parse_args()
+    models = list(ModelRegistry().models.values())
+    rng = np.random.default_rng(0)
+    cpu = CpuHeads(threads=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.rknn_cache:
+            try:
+                npu = RknnHeads(cache_dir=args.rknn_cache, core_mask=args.core_mask, batch=args.batch)
+            except BackendUnavailable as err:
+                raise SystemExit(f"--rknn-cache: {err}") from None
+        else:
+            _placeholder_cache(Path(tmp), models, args.batch)
+            npu = RknnHeads(cache_dir=tmp, runtime_factory=InstantNpu, batch=args.batch)
+        for model in models:
+            cpu.load(model)
+            npu.load(model)
+        print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, onnxruntime "
+              f"{onnxruntime.__version__} on 1 thread; {len(models)} heads: {', '.join(m.name for m in models)}")
+        print(f"{'streams':>7} | {'cpu batched':>11} {'calls':>5} | {'per stream':>10} {'calls':>5} {'x batched':>9}"
+              f" | {'npu calls':>9} {'rows':>5} {'npu ms' if args.rknn_cache else 'host ms':>7}")
+        for n in args.streams:
+            windows = {m.name: rng.standard_normal((n, m.window, 96)).astype(np.float32) for m in models}
+
+            def batched():
+                for model in models:
+                    cpu.score(model, windows[model.name])
+
+            def per_stream():
+                for model in models:
+                    for row in windows[model.name]:
+                        cpu.score(model, row[None])
+
+            def on_npu():
+                for model in models:
+                    npu.score(model, windows[model.name])
+
+            t_batched = ms_per_tick(batched, args.ticks)
+            t_single = ms_per_tick(per_stream, max(1, args.ticks // max(1, n // 8)))
+            t_host = ms_per_tick(on_npu, args.ticks)
+            npu_calls = math.ceil(n / args.batch) * len(models)
+            print(f"{n:>7} | {t_batched:>8.2f} ms {len(models):>5} | {t_single:>7.2f} ms {n * len(models):>5}"
+                  f" {t_single / t_batched:>8.1f}x | {npu_calls:>9} {math.ceil(n / args.batch) * args.batch:>5}"
+                  f" {t_host:>7.2f}")
+        npu.close()
+    print("\ncpu batched / per stream: milliseconds of one CPU core per 80 ms tick (median); "
+          f"npu: calls per tick at batch {args.batch}, padded rows per head, "
+          + ("ms per tick on the NPU." if args.rknn_cache else "host ms per tick without the NPU."))
+    print(SIMULATOR_NOTE)
+
+
+if __name__ == "__main__":
+    main()
