@@ -1,11 +1,6 @@
-"""Heads stage per 80 ms tick for N streams x every built-in head: calls and CPU milliseconds.
-
-Columns: the CPU backend batched (one onnxruntime call per head), openWakeWord's way (one call
-per stream per head), and the NPU path (RknnHeads, fixed batch): its calls per tick, and its ms
-per tick: on the board with --rknn-cache DIR the real NPU's, elsewhere only the host side
-(padding, copies) over a runtime that answers at once.
-Run: python benchmarks/bench_heads.py [--streams 1 8 64 256] [--ticks 20] [--batch 32] [--rknn-cache DIR]
-"""
+"""Heads stage per 80 ms tick, N streams x every built-in head: CPU batched vs openWakeWord's call per
+stream vs the NPU path's calls (host side only, or the real NPU on a board with --rknn-cache DIR).
+Run: python benchmarks/bench_heads.py [--streams 1 8 64 256] [--ticks 20] [--batch 32] [--rknn-cache DIR]"""
 
 from __future__ import annotations
 
@@ -67,7 +62,8 @@ class InstantNpu:
 
 def _placeholder_cache(directory: Path, models, batch: int) -> None:
     for model in models:
-        json_path, _ = cache.entry_paths(directory, model, cache.cache_key(model.sha256, "bench", cache.PLATFORM, batch))
+        key = cache.cache_key(model.sha256, "bench", cache.PLATFORM, batch)
+        json_path, _ = cache.entry_paths(directory, model, key)
         entry = make_entry(model, "bench", cache.PLATFORM, batch, status="ok", reason=None)
         cache.write_entry(json_path, entry, b"placeholder")
 

@@ -1,8 +1,6 @@
 """Heads converted by rknn-toolkit2 2.5.0 (in .venv-rknn) score like onnxruntime in its x86 simulator.
-
-CI runs every built-in head at the default batch (one toolkit process, seconds); set
-WYOMING_OWW_RKNN_FULL=1 to also check batches 1, 8 and 64.
-"""
+CI runs every built-in head at the default batch (one toolkit process, about 15 s in all);
+WYOMING_OWW_RKNN_FULL=1 also checks batches 1, 8 and 64."""
 
 from __future__ import annotations
 

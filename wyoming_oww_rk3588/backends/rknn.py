@@ -1,8 +1,6 @@
 """Wake-word heads on the RK3588 NPU through rknn-toolkit-lite2's RKNNLite, one padded batch per call.
-
-Heads are converted beforehand (`python -m wyoming_oww_rk3588.rknn convert`); a head with no
-usable .rknn is declined by `unsupported_reason` and runs on the CPU.
-"""
+Heads are converted beforehand (`python -m wyoming_oww_rk3588.rknn convert`); a head without a
+usable .rknn is declined by `unsupported_reason` and runs on the CPU."""
 
 from __future__ import annotations
 

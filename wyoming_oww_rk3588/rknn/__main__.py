@@ -1,8 +1,6 @@
 """`python -m wyoming_oww_rk3588.rknn convert [--all | MODEL ...] --out DIR [--check] [--batch N]`.
-
-Exit status: 0 done (heads the toolkit cannot take are listed; they run on the CPU),
-1 a checked head is off by more than 2e-2 or fires on other clips than the CPU, 2 bad usage.
-"""
+Exit 0: done (heads the toolkit cannot take are listed: they run on the CPU); 1: a checked head
+is off by more than 2e-2 or fires on other clips than the CPU; 2: bad usage or no toolkit."""
 
 from __future__ import annotations
 
@@ -14,7 +12,8 @@ from pathlib import Path
 from ..errors import ModelError
 from ..models.registry import ModelRegistry
 from . import cache
-from .check import NPU_TOLERANCE, check_rows, clip_features, compare, default_clips_dir, record_fixture, reference_backend
+from .check import (NPU_TOLERANCE, check_rows, clip_features, compare, default_clips_dir, record_fixture,
+                    reference_backend)
 from .convert import Converter
 from .toolkit import PYTHON_ENV, Toolkit, ToolkitError
 
@@ -66,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = {m.name: check_rows(m, clips) for m in models}
     results = converter.convert(models, {name: r.all for name, r in rows.items()}, force=args.force)
 
-    print(f"{'head':<14} {'result':<10} {'batch':>5} {'max|d| real':>12} {'random':>8} {'zero':>8}  detections cpu / npu")
+    print(f"{'head':<14} {'result':<10} {'batch':>5} {'max|d| real':>12} {'random':>8} {'zero':>8}"
+          "  detections cpu / npu")
     failed_checks, recorded = [], []
     for res in results:
         line = f"{res.model.name:<14} {res.action:<10} {res.entry['batch']:>5}"

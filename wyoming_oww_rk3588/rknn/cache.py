@@ -1,8 +1,6 @@
-"""The .rknn cache: content-hash keys, one JSON entry per converted head, atomic writes, locks.
-
-Shared by the converter (writes) and the NPU heads backend (reads). An entry is the JSON file;
-it is renamed into place after its .rknn, so a reader that sees the entry sees a whole file.
-"""
+"""The .rknn cache shared by converter (writes) and NPU backend (reads): content-hash keys, atomic
+writes, fcntl locks. An entry is a JSON file renamed into place after its .rknn, so a reader that
+sees the entry sees a whole file."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""ONNX/TFLite heads -> cached .rknn files for the RK3588 NPU, fp16, with a fixed batch.
-
-Each head is prepared here (batched graph, fixed batch, plain output name), then built by
-rknn-toolkit2 in its own process. One lock per cache key, taken in key order, so two
-converters never build the same file and never deadlock; the cache is re-read under the lock.
-"""
+"""Heads -> cached fp16 .rknn files for the RK3588 with a fixed batch: prepared here, built by
+rknn-toolkit2 in its own process. One lock per cache key, taken in key order (no deadlock), and
+the cache is re-read under the lock, so two converters never build the same file."""
 
 from __future__ import annotations
 

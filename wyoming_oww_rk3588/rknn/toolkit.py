@@ -1,7 +1,5 @@
 """rknn-toolkit2 as a subprocess: find its interpreter, hand `worker.py` a JSON job, read the result.
-
-The toolkit pins numpy<=1.26 and onnx<=1.18, so it lives in its own venv (`.ci/install-rknn.sh`).
-"""
+The toolkit pins numpy<=1.26 and onnx<=1.18, so it lives in its own venv (`.ci/install-rknn.sh`)."""
 
 from __future__ import annotations
 
@@ -82,7 +80,8 @@ class Toolkit:
                 if report["status"] == "running":  # the model in hand when the process died
                     log = workdir / f"{name}.log"
                     problems = "; ".join(log_problems(log, warnings=False)) if log.exists() else ""
-                    reason = f"{report['stage']} crashed rknn-toolkit2 ({ended})" + (f": {problems}" if problems else "")
+                    reason = f"{report['stage']} crashed rknn-toolkit2 ({ended})"
+                    reason += f": {problems}" if problems else ""
                     report = {"status": "failed", "stage": report["stage"], "reason": reason}
                 reports[name] = report
             pending = [spec for spec in pending if spec["name"] not in reports]

@@ -1,8 +1,6 @@
-"""Runs inside rknn-toolkit2's own venv (`.venv-rknn`), never in the server's: build, export, simulate.
-
-Usage: `<toolkit python> worker.py JOB.json`. The job lists prepared models; the result JSON
-(rewritten after each model, so a crash loses only the model in hand) says what happened.
-"""
+"""Runs in rknn-toolkit2's own venv, never the server's: `<toolkit python> worker.py JOB.json` builds,
+exports and simulates the job's prepared heads; its result JSON is rewritten at every stage, so a
+toolkit crash loses only the model in hand, and says where."""
 
 from __future__ import annotations
 
