@@ -214,8 +214,12 @@ def choose_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, rm: int
     nt = next(n for n in (8, 6, 4, 3, 2, 1) if layer.cout % n == 0)
     mt = max(1, min(mt, max_work_group // nt))
     ktot = layer.kt * layer.kf * layer.cin
+    fits = lambda kc: 4 * kc * (rm * mt + 1 + layer.cout) <= local_mem // 2  # noqa: E731
+    for kc in (32, 16, 8, 4):  # the kernel's vector gather: 4 | KC | CIN, (KC/4) | work-group
+        if layer.cin % kc == 0 and (mt * nt) % (kc // 4) == 0 and fits(kc):
+            return Tiling(rm, layer.cout // nt, mt, nt, kc)
     for kc in (24, 16, 12, 9, 8, 6, 4, 3, 2, 1):
-        if ktot % kc == 0 and 4 * kc * (rm * mt + 1 + layer.cout) <= local_mem // 2:
+        if ktot % kc == 0 and fits(kc):
             return Tiling(rm, layer.cout // nt, mt, nt, kc)
     return Tiling(1, layer.cout // nt, 1, nt, 1)
 

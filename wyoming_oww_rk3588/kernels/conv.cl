@@ -14,6 +14,7 @@
 //   X_HALF, Y_HALF, W_HALF  half storage (vload_half/vstore_half) of input/output/weights
 //   HALF_MATH             half arithmetic for the inner products (cl_khr_fp16 devices only)
 //   RM, RN, MT, NT, KC    tiling: work-group MT*NT items, TM = MT*RM rows, K-chunk KC
+//                         (KC a multiple of 4 dividing CIN: vector gather, else a scalar one)
 
 #define TM (MT * RM)
 #define WG (MT * NT)
@@ -27,10 +28,13 @@
 #if X_HALF
 #define XTYPE half
 #define LOADX(p, i) vload_half((i), (p))
+#define LOADX4(p) vload_half4(0, (p))
 #else
 #define XTYPE float
 #define LOADX(p, i) ((p)[i])
+#define LOADX4(p) vload4(0, (p))
 #endif
+#define VEC_GATHER (KC % 4 == 0 && CIN % KC == 0 && WG % (KC / 4) == 0)
 #if Y_HALF
 #define YTYPE half
 #define STOREY(p, i, v) vstore_half((v), (i), (p))
@@ -71,6 +75,60 @@ void KNAME(const int batch,
         for (int j = 0; j < RN; ++j) acc[i][j] = 0.0f;
 
     for (int k0 = 0; k0 < KTOT; k0 += KC) {
+#if VEC_GATHER
+        // A chunk lies inside one tap (KC divides CIN); each item loads 4 consecutive input
+        // channels (one vector load, NHWC) of every (WG / (KC/4))-th row of the tile.
+        {
+            const int kq = (lid % (KC / 4)) * 4;
+            const int ci = k0 % CIN + kq;
+            const int kt = (k0 / CIN) / KF;
+            const int kf = (k0 / CIN) % KF;
+            for (int r = lid / (KC / 4); r < TM; r += WG / (KC / 4)) {
+                const int m = m0 + r;
+                float4 v = (float4)(0.0f);
+                if (m < rows) {
+                    const int b = m / (TOUT * FOUT);
+                    const int t = (m / FOUT) % TOUT;
+                    const int fi = m % FOUT + kf - KF / 2;
+                    const int joined = t + kt;
+                    if (fi >= 0 && fi < FOUT) {
+#if STATEFUL
+                        if (joined < 2) {
+                            const int s = s_in_off + ((b * CIN + ci) * 2 + joined) * FOUT + fi;
+                            v = (float4)(s_in[s], s_in[s + 2 * FOUT], s_in[s + 4 * FOUT], s_in[s + 6 * FOUT]);
+                        } else
+#endif
+                        {
+                            const int base = x_off + ((b * XT + (joined - 2 * STATEFUL) * PT) * XF + fi * PF) * CIN + ci;
+                            v = LOADX4(x + base);
+#if PF == 2
+                            v = fmax(v, LOADX4(x + base + CIN));
+#endif
+#if PT == 2
+                            v = fmax(v, LOADX4(x + base + XF * CIN));
+#if PF == 2
+                            v = fmax(v, LOADX4(x + base + XF * CIN + CIN));
+#endif
+#endif
+                        }
+#if STATEFUL
+                        if (joined >= TOUT && kf == KF / 2 && (kt == 2 || t == 0)) {
+                            const int s = s_out_off + ((b * CIN + ci) * 2 + (joined - TOUT)) * FOUT + fi;
+                            s_out[s] = v.x;
+                            s_out[s + 2 * FOUT] = v.y;
+                            s_out[s + 4 * FOUT] = v.z;
+                            s_out[s + 6 * FOUT] = v.w;
+                        }
+#endif
+                    }
+                }
+                a_tile[kq][r] = (TILE)v.x;
+                a_tile[kq + 1][r] = (TILE)v.y;
+                a_tile[kq + 2][r] = (TILE)v.z;
+                a_tile[kq + 3][r] = (TILE)v.w;
+            }
+        }
+#else
         for (int e = lid; e < TM * KC; e += WG) {
             const int kk = e % KC;
             const int r = e / KC;
@@ -115,6 +173,7 @@ void KNAME(const int batch,
             }
             a_tile[kk][r] = (TILE)v;
         }
+#endif
         for (int e = lid; e < KC * COUT; e += WG) {
             const int kk = e / COUT, n = e % COUT;
             w_tile[kk][n] = (TILE)LOADW(w, (k0 + kk) * COUT + n);
@@ -168,6 +227,8 @@ void KNAME(const int batch,
 #undef XT
 #undef XTYPE
 #undef LOADX
+#undef LOADX4
+#undef VEC_GATHER
 #undef YTYPE
 #undef STOREY
 #undef WTYPE
