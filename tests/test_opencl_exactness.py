@@ -1,0 +1,211 @@
+"""The OpenCL features backend computes what the CPU backend and openWakeWord 0.6.0 compute.
+
+Runs on whatever OpenCL device PyOpenCL finds (PoCL in CI, a GPU where there is one).
+fp32: embeddings and scores within 1e-3 absolute; fp16 (half storage): scores within 2e-2, and
+embeddings within 2e-2 of their own scale (max |embedding| is ~70: half weights alone move
+them by ~0.1, as half's spacing at 64 is 0.06).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from reference import engine_scores, first_exact_step, load_wav, oww_scores, padded
+from wyoming_oww_rk3588.backends.cpu import CpuFeatures, CpuHeads, make_session
+from wyoming_oww_rk3588.backends.opencl import OpenClFeatures, allowed_error
+from wyoming_oww_rk3588.features import FRAME_SAMPLES, FeaturePipeline, scale_mel
+from wyoming_oww_rk3588.models.registry import BUILTIN_DIR, ModelRegistry, builtin_feature_path
+
+FP32_TOLERANCE = 1e-3
+FP16_SCORE_TOLERANCE = 2e-2
+ONNX_HEADS = ["alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "timer", "weather"]
+
+
+def _generated(kind: str, seconds: float = 4.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 16000) // FRAME_SAMPLES * FRAME_SAMPLES
+    t = np.arange(n) / 16000
+    if kind == "silence":
+        x = np.zeros(n)
+    elif kind == "noise":
+        x = rng.normal(0, 3000, n)
+    elif kind == "tones":
+        x = 8000 * np.sin(2 * np.pi * 440 * t) + 4000 * np.sin(2 * np.pi * (300 + 900 * t) * t)
+    else:
+        raise ValueError(kind)
+    return np.clip(x, -32768, 32767).astype(np.int16)
+
+
+CASES = {
+    **{clip: (lambda clip=clip: padded(load_wav(clip), 1.0, 1.0))
+       for clip in ("alexa_test.wav", "hey_mycroft_test.wav", "hey_jane.wav")},
+    **{kind: (lambda kind=kind: _generated(kind)) for kind in ("silence", "noise", "tones")},
+}
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return CpuFeatures()
+
+
+@pytest.fixture(scope="module", params=["fp32", "fp16"])
+def opencl(request):
+    backend = OpenClFeatures(device="any", precision=request.param)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def opencl32():
+    backend = OpenClFeatures(device="any")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def oww_features():
+    from openwakeword.utils import AudioFeatures
+
+    return AudioFeatures(melspec_model_path=str(BUILTIN_DIR / "melspectrogram.onnx"),
+                         embedding_model_path=str(BUILTIN_DIR / "embedding_model.onnx"), inference_framework="onnx")
+
+
+def _embedding_limit(backend, reference: np.ndarray) -> float:
+    return allowed_error(backend.precision, float(np.abs(reference).max()))
+
+
+def test_mel_clips_each_row_at_its_own_top_80_db_like_the_model_run_row_by_row(opencl32, cpu):
+    rng = np.random.default_rng(7)
+    t = np.arange(1760) / 16000
+    rows = []
+    for i, gain in enumerate(np.geomspace(1e-3, 30, 24)):
+        x = gain * (3000 * np.sin(2 * np.pi * (200 + 90 * i) * t) + rng.normal(0, 500, len(t)))
+        x[: 512 + 160 * (i % 7)] = 0  # silent frames: far below this row's max - 80 dB
+        rows.append(np.clip(np.round(x), -32768, 32767))
+    rows.append(np.zeros(1760))
+    audio = np.stack(rows).astype(np.float32)
+    original = make_session(str(builtin_feature_path("melspectrogram")))  # the unmodified graph
+    alone = np.stack([original.run(None, {"input": row[None]})[0][0, 0] for row in audio])
+    ours = opencl32.melspectrogram(audio)
+    assert ours.shape == (25, 8, 32)
+    # 1e-2 dB is 1e-3 after openWakeWord's x/10 + 2
+    assert np.abs(ours - alone).max() <= 10 * FP32_TOLERANCE
+    assert np.abs(ours - cpu.melspectrogram(audio)).max() <= 10 * FP32_TOLERANCE
+    clipped = list(range(24))  # every row but the silent one has silent frames at its floor
+    floors = ours.max(axis=(1, 2)) - 80
+    assert np.allclose(ours.min(axis=(1, 2))[clipped], floors[clipped], atol=1e-3), "each row has its own floor"
+    assert len(np.unique(np.round(floors[clipped]))) > 10
+
+
+@pytest.mark.parametrize("samples", [512, 1280, 1760, 16000])
+def test_mel_of_any_length_matches_the_cpu(opencl32, cpu, samples):
+    audio = np.round(np.random.default_rng(samples).normal(0, 4000, (3, samples))).astype(np.float32)
+    ours, theirs = opencl32.melspectrogram(audio), cpu.melspectrogram(audio)
+    assert ours.shape == theirs.shape == (3, (samples - 512) // 160 + 1, 32)
+    assert np.abs(ours - theirs).max() <= 10 * FP32_TOLERANCE
+
+
+def test_direct_dft_mel_matches_the_fft_mel(cpu):
+    backend = OpenClFeatures(device="any", mel_fft=False)
+    assert backend.mel_method == "dft"
+    audio = np.round(np.random.default_rng(3).normal(0, 4000, (4, 1760))).astype(np.float32)
+    assert np.abs(backend.melspectrogram(audio) - cpu.melspectrogram(audio)).max() <= 10 * FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_mel_matches_openwakeword_on_whole_clips(opencl32, oww_features, case):
+    audio = CASES[case]()
+    theirs = oww_features._get_melspectrogram(audio)
+    ours = scale_mel(opencl32.melspectrogram(audio[None].astype(np.float32)))[0]
+    assert np.abs(ours - theirs).max() <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_streaming_embeddings_match_openwakewords_windows(opencl, oww_features, case):
+    mel = oww_features._get_melspectrogram(CASES[case]())
+    windows = np.stack([mel[i : i + 76] for i in range(0, len(mel) - 75, 8)])
+    theirs = oww_features.embedding_model_predict(windows[..., None].astype(np.float32))
+    # Step k's embedding covers the 76 frames that end with its 8 new ones: 4 leading frames
+    # put those ends on openWakeWord's window grid (starts 0, 8, 16, ...).
+    frames = np.concatenate([mel[:4], mel])[: (len(mel) + 4) // 8 * 8].astype(np.float32)
+    states = [np.zeros((1, *s), np.float32) for s in opencl.layout.state_shapes]
+    ours = []
+    for k in range(len(frames) // 8):
+        embedding, states = opencl.embed_step(frames[None, 8 * k : 8 * k + 8], states)
+        ours.append(embedding[0])
+    ours = np.stack(ours[9 : 9 + len(theirs)])
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() <= _embedding_limit(opencl, theirs)
+
+
+def test_windowed_embeddings_match_the_cpu(opencl, cpu, oww_features):
+    mel = oww_features._get_melspectrogram(CASES["alexa_test.wav"]())
+    windows = np.stack([mel[i : i + 76] for i in range(0, len(mel) - 75, 8)]).astype(np.float32)
+    theirs = cpu.embed_windows(windows)
+    assert np.abs(opencl.embed_windows(windows) - theirs).max() <= _embedding_limit(opencl, theirs)
+    assert opencl.embed_windows(np.zeros((0, 76, 32), np.float32)).shape == (0, 96)
+
+
+def _streams(batch: int) -> list[np.ndarray]:
+    """`batch` streams: every case at gains from 0.02 to 3, cycled."""
+    base = [make() for make in CASES.values()]
+    length = min(len(a) for a in base)
+    gains = np.geomspace(0.02, 3.0, max(1, -(-batch // len(base))))
+    audios = [np.clip(a[:length] * g, -32768, 32767).astype(np.int16) for g in gains for a in base]
+    return audios[:batch]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_pipeline_embeddings_and_head_scores_match_the_cpu_for_a_batch(opencl, cpu, batch):
+    audios = _streams(batch)
+    heads, registry = CpuHeads(), ModelRegistry()
+    models = [registry.resolve(name) for name in ONNX_HEADS]
+    history = max(m.window for m in models)
+    pipes = [FeaturePipeline(opencl), FeaturePipeline(cpu)]
+    states = [[pipe.new_state(history) for _ in audios] for pipe in pipes]
+    worst_embedding = worst_score = scale = 0.0
+    for step in range(len(audios[0]) // FRAME_SAMPLES):
+        frames = np.stack([a[step * FRAME_SAMPLES : (step + 1) * FRAME_SAMPLES] for a in audios])
+        ours, theirs = (pipe.step(s, frames) for pipe, s in zip(pipes, states))
+        worst_embedding = max(worst_embedding, float(np.abs(ours - theirs).max()))
+        scale = max(scale, float(np.abs(theirs).max()))
+        if step + 1 >= first_exact_step(history):
+            for model in models:
+                a, b = (heads.score(model, np.stack([s.window(model.window) for s in side])) for side in states)
+                worst_score = max(worst_score, float(np.abs(a - b).max()))
+    assert worst_embedding <= allowed_error(opencl.precision, scale)
+    assert worst_score <= (FP32_TOLERANCE if opencl.precision == "fp32" else FP16_SCORE_TOLERANCE)
+
+
+def test_engine_on_opencl_scores_every_frame_like_openwakeword():
+    from wyoming_oww_rk3588.engine import Engine
+
+    engine = Engine(features_backend="opencl", heads_backend="cpu")
+    assert engine.backends["features"] == "opencl"
+    audio = padded(load_wav("alexa_test.wav"), 2.5, 1.0)
+    ours = engine_scores(engine, [audio], ONNX_HEADS)[0]
+    ref = oww_scores(audio, [f"{h}_v0.1" for h in ONNX_HEADS])
+    for name in ONNX_HEADS:
+        info = engine.registry.resolve(name)
+        start = first_exact_step(info.window) - 1
+        for label in info.labels:
+            diff = max(abs(a[label] - b[label]) for a, b in zip(ours[start:], ref[start:]))
+            assert diff <= FP32_TOLERANCE, f"{label}: max |opencl - openWakeWord| = {diff}"
+    assert max(s["alexa"] for s in ours) > 0.5
+    engine.close()
+
+
+def test_nothing_in_the_backend_copies_weights_out_of_the_onnx_files():
+    # The kernels' weights are re-laid-out views of the shipped graphs, checked here against them.
+    from wyoming_oww_rk3588.backends import opencl_kernels as K
+
+    model = onnx.load(str(builtin_feature_path("embedding")))
+    layers = K.read_embedding(model, windowed=False)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert len(layers) == len(convs) == 20
+    for layer, conv in zip(layers, convs):
+        w = weights[conv.input[1]]
+        assert np.array_equal(layer.weight, w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
