@@ -178,9 +178,10 @@ def test_the_real_runtime_off_an_rk3588_is_unavailable_with_one_line_saying_why(
     assert "\n" not in str(err.value) and ("aarch64" in str(err.value) or "rknn" in str(err.value))
 
 
-def _board(root, compatible=b"radxa,rock-5b\0rockchip,rk3588\0", lib=True, node="rknpu", driver=None):
-    (root / "proc/device-tree").mkdir(parents=True)
-    (root / "proc/device-tree/compatible").write_bytes(compatible)
+def _board(root, compatible=b"radxa,rock-5b\0rockchip,rk3588\0", lib=True, node="rknpu", driver=None,
+           device_tree="proc/device-tree"):
+    (root / device_tree).mkdir(parents=True)
+    (root / device_tree / "compatible").write_bytes(compatible)
     if lib:
         (root / "usr/lib").mkdir(parents=True)
         (root / "usr/lib/librknnrt.so").write_bytes(b"\x7fELF")
@@ -209,7 +210,7 @@ def test_the_board_probe_names_what_is_missing(tmp_path, board, match):
         probe_board(_board(tmp_path, **board), machine="aarch64")
 
 
-@pytest.mark.parametrize("board", [{}, {"node": "renderD129", "driver": "0.9.8"}])
+@pytest.mark.parametrize("board", [{}, {"node": "renderD129", "driver": "0.9.8"}, {"device_tree": "device-tree"}])
 def test_the_board_probe_passes_an_rk3588_with_runtime_and_npu_node(tmp_path, board):
     probe_board(_board(tmp_path, **board), machine="aarch64")
 

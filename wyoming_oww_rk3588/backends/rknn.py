@@ -28,6 +28,8 @@ LIBRKNNRT = "usr/lib/librknnrt.so"  # RKNNLite loads it from this path (relative
 #: Rockchip's runtime warns below this rknpu driver; docs/npu.md recommends 0.9.6 or newer.
 MIN_DRIVER = (0, 8, 8)
 _DRIVER_VERSION_FILES = ("sys/kernel/debug/rknpu/version", "proc/debug/rknpu/version")
+# Home Assistant maps the device tree of an add-on with `device_tree: true` at /device-tree.
+_COMPATIBLE_FILES = ("proc/device-tree/compatible", "device-tree/compatible")
 _CONVERT = "python -m wyoming_oww_rk3588.rknn convert --all --out {dir}"
 
 
@@ -63,12 +65,17 @@ def probe_board(root: Path = Path("/"), machine: str | None = None) -> None:
     machine = machine or platform.machine()
     if machine != "aarch64":
         raise BackendUnavailable(f"the NPU heads need an RK3588 board (aarch64); this machine is {machine}")
-    try:
-        compatible = (root / "proc/device-tree/compatible").read_bytes()
-    except OSError:
+    compatible = None
+    for name in _COMPATIBLE_FILES:
+        try:
+            compatible = (root / name).read_bytes()
+            break
+        except OSError:
+            continue
+    if compatible is None:
         raise BackendUnavailable(
-            "cannot read /proc/device-tree/compatible; in a container, map it in (or run privileged)"
-        ) from None
+            "cannot read /proc/device-tree/compatible; in a container, map it in (add-on: device_tree: true)"
+        )
     if b"rockchip,rk3588" not in compatible:
         board = compatible.replace(b"\0", b" ").decode(errors="replace").strip()
         raise BackendUnavailable(f"this board ({board}) is not an RK3588; the NPU heads need one")
