@@ -168,3 +168,15 @@ def test_python_m_doctor_dispatches_to_the_doctor():
                           capture_output=True, text=True, timeout=110)
     assert done.returncode == 0, done.stderr
     assert "== NPU (RKNN)" in done.stdout and "OK      features cpu:" in done.stdout
+
+
+def test_drm_version_ioctl_number_is_linuxs_for_64_bit():
+    # DRM_IOCTL_VERSION as libdrm defines it on 64-bit Linux: _IOWR('d', 0x00, struct drm_version).
+    if sys.maxsize > 2**32:
+        assert doctor._DRM_IOCTL_VERSION == 0xC0406400
+
+
+def test_drm_driver_of_a_node_that_is_no_drm_device_falls_back_to_sysfs(tmp_path):
+    (tmp_path / "sys/class/drm/null/device").mkdir(parents=True)
+    (tmp_path / "sys/class/drm/null/device/uevent").write_text("DRIVER=panthor\n")
+    assert doctor.drm_driver(Path("/dev/null"), tmp_path) == ("panthor", "")  # the ioctl answers ENOTTY
