@@ -211,9 +211,10 @@ def check_npu(r: Report, root: Path, machine: str, in_addon: bool) -> None:
 
     compatible, where = _compatible(root)
     if where is None:
-        r.add("MISSING", "SoC", "device tree not readable (/proc/device-tree/compatible); fix: on a board, "
-              + ("the add-on maps it at /device-tree: update the add-on" if in_addon
-                 else "docker run --security-opt systempaths=unconfined (containers hide /sys/firmware)"))
+        r.add("MISSING", "SoC", f"no device tree: this {machine} machine is no RK3588 board" if machine != "aarch64"
+              else "device tree not readable (/proc/device-tree/compatible); fix: " + (
+                  "the add-on maps it at /device-tree: update the add-on" if in_addon
+                  else "docker run --security-opt systempaths=unconfined (containers hide /sys/firmware)"))
     elif any(c.startswith("rockchip,rk3588") for c in compatible):
         r.add("OK", "SoC", f"{' '.join(compatible)} (from {where})")
     else:
@@ -280,13 +281,14 @@ def check_choice(r: Report, threads: int, rknn_options: dict) -> tuple[dict, lis
     features = {}
     with _captured("wyoming_oww_rk3588.backends.select"):
         for name in ("auto", "opencl", "cpu"):
+            if name in features:  # auto already built it (an OpenCL context costs a kernel build)
+                continue
             backend, why = select_features(name, threads=threads)
             if name == "auto":
                 r.add("OK" if backend.name != "cpu" else "INFO", "features", f"auto uses {backend.name}: {why}")
-            if backend.name not in features:
-                features[backend.name] = backend
-            else:
+            if backend.name in features:
                 backend.close()
+            features.setdefault(backend.name, backend)
     with _captured("wyoming_oww_rk3588.backends.select") as records:
         heads = select_heads("auto", threads=threads, rknn_options=rknn_options)
     for record in records:  # without select's "run doctor" advice: this is the doctor
