@@ -320,13 +320,11 @@ def _timed(seconds: float, step) -> float:
     return (time.perf_counter() - start) * 1000 / calls
 
 
-def _speed(ms: float) -> str:
-    return f"{ms:.2f} ms per 80 ms step, real-time factor {ms / 80:.4f} (~{int(80 / ms) if ms else 0} streams)"
-
-
 def _time_one(r: Report, topic: str, seconds: float, step, prefix: str = "") -> None:
     try:
-        r.add("OK", topic, prefix + _speed(_timed(seconds, step)))
+        ms = max(_timed(seconds, step), 1e-6)
+        r.add("OK", topic, f"{prefix}{ms:.2f} ms per 80 ms step, real-time factor {ms / 80:.4f} "
+              f"(~{int(80 / ms)} streams)")
     except Exception as err:  # noqa: BLE001 - report it and go on to the next backend
         cpu = topic.endswith(" cpu")  # the CPU is the floor: its failure fails the doctor
         r.cpu_broken |= cpu
@@ -395,6 +393,6 @@ def main(argv: list[str] | None = None, stream=None) -> int:
     for backend in [*features.values(), *heads]:
         with r.guard("close"):
             backend.close()
-    missing = sum(1 for status, _, _ in r.lines if status == "MISSING")
-    r.section(f"{missing} missing; " + ("the CPU pipeline FAILED" if r.cpu_broken else "the CPU pipeline works"))
+    missing = [topic for status, topic, _ in r.lines if status == "MISSING"]
+    r.section(f"{len(missing)} missing; the CPU pipeline {'FAILED' if r.cpu_broken else 'works'}")
     return 1 if r.cpu_broken else 0
