@@ -31,6 +31,8 @@ pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 # The CPU wheel of exactly this version is on the CI machines' find-links; any other
 # version resolves to a CUDA build.
 "${pip[@]}" "torch==2.13.0"
+# pip then complains that rknn-toolkit2 wants torch<=2.4 and opencv-python: expected, the
+# toolkit runs with CPU torch 2.13 and headless OpenCV (checked by the import below and CI).
 # torch's install drops pkg_resources, which rknn.api imports: put setuptools<70 back.
 "${pip[@]}" --force-reinstall --no-deps "setuptools<70"
 "$venv/bin/python" -c "from rknn.api import RKNN" >/dev/null
