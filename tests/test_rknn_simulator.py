@@ -101,12 +101,14 @@ def test_hey_jarvis_verifier_rewritten_as_where_runs_on_the_npu_on_both_branches
     assert error[verify].max() <= NPU_TOLERANCE and error[~verify].max() <= NPU_TOLERANCE
 
 
-def test_the_fake_npus_recorded_scores_are_what_the_simulator_gives_today(converted):
+def test_the_fake_npus_recorded_scores_are_what_the_simulator_gives_today(converted, clips):
     results, _, _ = converted
     recorded = Recorded(FIXTURE)
+    rerecord = f"record it again: python -m wyoming_oww_rk3588.rknn convert --all --check --record-fixture {FIXTURE}"
+    assert list(recorded.meta["clips"]) == list(clips.steps), f"the test clips changed; {rerecord}"
     assert recorded.meta["toolkit"] == results["alexa"].entry["toolkit"]
     for name in HEADS:
-        assert recorded.meta["models"][name]["sha256"] == REGISTRY.resolve(name).sha256
+        assert recorded.meta["models"][name]["sha256"] == REGISTRY.resolve(name).sha256, f"{name} changed; {rerecord}"
         real = len(recorded.scores(name))
         np.testing.assert_allclose(results[name].scores[:real], recorded.scores(name), atol=1e-3)
 

@@ -63,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         clips = clip_features(args.clips or default_clips_dir())
         rows = {m.name: check_rows(m, clips) for m in models}
-    results = converter.convert(models, {name: r.all for name, r in rows.items()}, force=args.force)
+    try:
+        results = converter.convert(models, {name: r.all for name, r in rows.items()}, force=args.force)
+    except (OSError, ToolkitError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     print(f"{'head':<14} {'result':<10} {'batch':>5} {'max|d| real':>12} {'random':>8} {'zero':>8}"
           "  detections cpu / npu")
