@@ -99,6 +99,30 @@ def windowed_step(threads: int, batch: int):
     return step
 
 
+def profile_layers(backend, batch: int) -> list[str]:
+    """Per-kernel device time of one step at `batch` (OpenCL profiling events)."""
+    cl = backend._cl
+    queue = cl.CommandQueue(backend.context, backend.context.devices[0],
+                            properties=cl.command_queue_properties.PROFILING_ENABLE)
+    backend.time_device_step(batch, iterations=1)  # binds every kernel for this batch
+    plan = backend._plan("step", batch)
+    launches = [("mel", None, (backend._mel_kernel, batch * backend._mel_group, backend._mel_group))]
+    launches += [(f"conv{i}", layer, launch) for i, (layer, launch) in enumerate(zip(plan.layers, plan.launches(batch)))]
+    for _ in range(2):  # the second pass is timed
+        events = [cl.enqueue_nd_range_kernel(queue, k, (size,), (group,)) for _, _, (k, size, group) in launches]
+        queue.finish()
+    out = [f"per-kernel device time, {backend.precision}, batch {batch}:"]
+    for (name, layer, (_, size, group)), event in zip(launches, events):
+        seconds = (event.profile.end - event.profile.start) * 1e-9
+        what = ""
+        if layer is not None:
+            gflops = layer.flops * batch / seconds / 1e9
+            what = (f"{layer.kt}x{layer.kf} {layer.cin:>2}->{layer.cout:<2} rows {layer.tout}x{layer.fout:<2} "
+                    f"pool {layer.pt}x{layer.pf}  {gflops:8.0f} GFLOP/s")
+        out.append(f"  {name:<7}{seconds * 1e3:9.3f} ms  wg {group:<4} {what}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64, 512])
@@ -109,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-gflops", type=float, default=None)
     parser.add_argument("--device", default="any", help="OpenCL device kind: gpu | any")
     parser.add_argument("--tiles", nargs="*", default=[], help="extra tilings to try, e.g. rm=8,mt=16")
+    parser.add_argument("--profile-batch", type=int, default=0, help="per-kernel times at this batch")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
 
@@ -173,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"tiles {spec}: batch {batch}, embedding kernels {emb_s * 1e3:.3f} ms/step "
                      f"({STEP_S / (mel_s + emb_s) * batch:.0f} RT streams device-only)")
         print(lines[-1], flush=True)
+    if args.profile_batch:
+        for backend in backends.values():
+            lines += profile_layers(backend, min(args.profile_batch, backend.max_capacity))
+            print("\n".join(lines[-22:]), flush=True)
     lines.append("")
     for name, (streams, batch) in best.items():
         lines.append(f"max real-time streams, {name}: {streams:.0f} (at batch {batch})")
