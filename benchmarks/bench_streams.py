@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--peer", default=str(ROOT / ".venv-peer" / "bin" / "python"),
                         help="python of a venv with wyoming-openwakeword 1.8.2 (skipped if missing)")
     parser.add_argument("--peer-max", type=int, default=200, help="largest N to run the peer at")
+    parser.add_argument("--server-args", default="", help="extra flags for our server, e.g. '--threads 2'")
     args = parser.parse_args()
 
     clip = load_wav("alexa_test.wav")
@@ -146,7 +147,7 @@ def main() -> None:
     servers = []
     port = free_port()
     ours = start([sys.executable, "-m", "wyoming_oww_rk3588", "--uri", f"tcp://127.0.0.1:{port}",
-                  "--features-backend", "cpu", "--heads-backend", "cpu"], port)
+                  "--features-backend", "cpu", "--heads-backend", "cpu", *args.server_args.split()], port)
     servers.append(("wyoming-oww-rk3588 (7 models)", ours, port, "alexa", max(args.streams)))
     if Path(args.peer).exists():
         peer_port = free_port()
