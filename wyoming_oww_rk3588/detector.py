@@ -72,6 +72,9 @@ def update(
         state.above += 1
     else:
         state.above = 0
+        if state.quiet_until <= step:
+            del states[label]  # back to the default state: keep the dict to active labels
+        return None
     if state.above < config.trigger_level or step < state.quiet_until:
         return None
     state.above = 0

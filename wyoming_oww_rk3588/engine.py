@@ -88,17 +88,33 @@ class Engine:
         for stream in streams:
             for asked, info in stream.models:
                 members.setdefault(info.name, (info, []))[1].append((stream, asked))
+        histories: dict[tuple[int, ...], np.ndarray] = {}
         for info, listeners in members.values():
-            windows = np.stack([s.features.window(info.window) for s, _ in listeners])
+            windows = self._windows(info.window, [s for s, _ in listeners], histories)
             scores = self.heads.score(info, windows)
             for (stream, asked), row in zip(listeners, scores):
+                labels = stream.labels
                 for label, column in zip(info.labels, info.label_columns):
                     score = float(row[column])
                     stream.scores[label] = score
-                    found = update(stream.detector, stream.labels, info.name, asked, label, score,
-                                   stream.features.steps)
+                    # Fast path: a low score on a quiet label changes no detector state.
+                    if score < stream.detector.threshold_for(info.name, label) and label not in labels:
+                        continue
+                    found = update(stream.detector, labels, info.name, asked, label, score, stream.features.steps)
                     if found is not None:
                         detections.append((stream, found))
+
+    @staticmethod
+    def _windows(length: int, streams: list[StreamState], histories: dict) -> np.ndarray:
+        """[B, length, 96] embedding windows; streams' histories are stacked once per round."""
+        key = tuple(id(s) for s in streams)
+        stacked = histories.get(key)
+        if stacked is None:
+            sizes = {len(s.features.embeddings) for s in streams}
+            if len(sizes) != 1:
+                return np.stack([s.features.window(length) for s in streams])
+            stacked = histories[key] = np.stack([s.features.embeddings for s in streams])
+        return stacked[:, -length:]
 
     def close(self) -> None:
         self.heads.close()
