@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement")
     parser.add_argument("--peak-gflops", type=float, default=None)
     parser.add_argument("--device", default="any", help="OpenCL device kind: gpu | any")
-    parser.add_argument("--tiles", nargs="*", default=[], help="extra tilings to try, e.g. rm=8,mt=16")
+    parser.add_argument("--tiles", nargs="*", default=[], help="extra tilings to try, e.g. rm=8,mt=16 mode=latency")
+    parser.add_argument("--tile-batches", type=int, nargs="*", default=[], help="batches for --tiles")
     parser.add_argument("--profile-batch", type=int, default=0, help="per-kernel times at this batch")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
@@ -191,13 +192,15 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"{'':<22}{'':>7}   (device: mel {mel_s * 1e3:.3f} ms + embedding {emb_s * 1e3:.3f} ms)")
             print(lines[-1], flush=True)
     for spec in args.tiles:
-        tiles = dict((k, int(v)) for k, v in (kv.split("=") for kv in spec.split(",")))
+        tiles = {k: (v if k == "mode" else int(v)) for k, v in (kv.split("=") for kv in spec.split(","))}
         backend = OpenClFeatures(device=args.device, precision="fp32", tiles=tiles)
-        batch = min(max(args.batches + args.gpu_batches), backend.max_capacity)
-        mel_s, emb_s = backend.time_device_step(batch, iterations=5)
-        lines.append(f"tiles {spec}: batch {batch}, embedding kernels {emb_s * 1e3:.3f} ms/step "
-                     f"({STEP_S / (mel_s + emb_s) * batch:.0f} RT streams device-only)")
-        print(lines[-1], flush=True)
+        for batch in args.tile_batches or [max(args.batches + args.gpu_batches)]:
+            batch = min(batch, backend.max_capacity)
+            mel_s, emb_s = backend.time_device_step(batch, iterations=max(3, int(2000 / batch) + 3))
+            lines.append(f"tiles {spec}: batch {batch}, embedding kernels {emb_s * 1e3:.3f} ms/step "
+                         f"({STEP_S / (mel_s + emb_s) * batch:.0f} RT streams device-only)")
+            print(lines[-1], flush=True)
+        backend.close()
     if args.profile_batch:
         for backend in backends.values():
             lines += profile_layers(backend, min(args.profile_batch, backend.max_capacity))

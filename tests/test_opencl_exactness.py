@@ -218,3 +218,19 @@ def test_nothing_in_the_backend_copies_weights_out_of_the_onnx_files():
     for layer, conv in zip(layers, convs):
         w = weights[conv.input[1]]
         assert np.array_equal(layer.weight, w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
+
+
+@pytest.mark.parametrize("mode", ["latency", "throughput"])
+def test_both_kernel_tilings_step_like_the_cpu(cpu, mode):
+    """Small batches use the latency tiling, large ones the throughput one: both are exact."""
+    backend = OpenClFeatures(device="any", tiles={"mode": mode})
+    rng = np.random.default_rng(11)
+    states = [rng.normal(0, 1, (100, *s)).astype(np.float32) for s in backend.layout.state_shapes]
+    mel = rng.uniform(-1, 4, (100, 8, 32)).astype(np.float32)
+    ours, our_states = backend.embed_step(mel, states)
+    theirs, their_states = cpu.embed_step(mel, states)
+    assert np.abs(ours - theirs).max() <= FP32_TOLERANCE
+    assert all(np.abs(a - b).max() <= FP32_TOLERANCE for a, b in zip(our_states, their_states))
+    windows = rng.uniform(-1, 4, (5, 76, 32)).astype(np.float32)
+    assert np.abs(backend.embed_windows(windows) - cpu.embed_windows(windows)).max() <= FP32_TOLERANCE
+    backend.close()

@@ -21,6 +21,7 @@ from ..errors import BackendFailed, BackendUnavailable
 from ..models.registry import builtin_feature_path
 from . import opencl_kernels as K
 from .opencl_device import build_program, choose_device, device_info
+from .opencl_host import OutputRing, PinnedArrays, pack
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ _LOGGER = logging.getLogger(__name__)
 #: scores and relative to the embedding scale (max |embedding|, ~70) on embeddings, since half
 #: weights alone move embeddings of that size by ~0.1 (half's spacing at 64 is 0.06).
 TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
-#: Inputs above this size are copied straight from the caller's arrays (no host staging copy).
-_STAGING_BYTES = 64 << 20
 
 
 def allowed_error(precision: str, scale: float) -> float:
@@ -37,6 +36,8 @@ def allowed_error(precision: str, scale: float) -> float:
     return TOLERANCE[precision] * (1.0 if precision == "fp32" else max(1.0, scale))
 #: Streams per kernel launch at most (int32 indexing and device memory stay bounded).
 MAX_CAPACITY = 1 << 16
+#: Batches up to this size use the latency tiling (few memory round trips per layer).
+LATENCY_MAX_BATCH = 64
 
 
 def _pow2_at_least(n: int) -> int:
@@ -64,8 +65,10 @@ class _Plan:
         self.in_buf = cl.Buffer(ctx, flags.READ_ONLY, 4 * capacity * self.in_floats)
         self.out_buf = cl.Buffer(ctx, flags.READ_WRITE, 4 * capacity * self.out_floats)
         self.act = [cl.Buffer(ctx, flags.READ_WRITE, owner._store_bytes * capacity * act_floats) for _ in range(2)]
-        self.staging = owner._pinned(min(capacity * self.in_floats, _STAGING_BYTES // 4))
+        self.staging = owner._pinned.new(capacity * self.in_floats)
+        self.outputs = OutputRing(owner._pinned, capacity * self.out_floats, slots=2)
         self.kernels = [cl.Kernel(program, f"{prefix}{i}") for i in range(len(layers))]
+        self.prefix = prefix
         self.weights = owner._weights
         self.batch = -1
 
@@ -127,6 +130,7 @@ class OpenClFeatures:
         try:
             self.context = context or cl.Context([dev])
             self.queue = cl.CommandQueue(self.context, dev)
+            self._pinned = PinnedArrays(cl, self.context, self.queue)
             embedding = onnx.load(str(builtin_feature_path("embedding")))
             _, self.layout = graphs.streaming_embedding(embedding)
             self._layers = {"step": K.read_embedding(embedding, windowed=False),
@@ -141,7 +145,7 @@ class OpenClFeatures:
             self._upload_weights()
             self._tiles = tiles or {}
             self._tilings: dict[str, list[K.Tiling]] = {}
-            self._programs = {"step": self._build_conv("step")}
+            self._programs = {"step_l": self._build_conv("step", latency=True)}  # prefix -> (prefix, program)
         except cl.Error as err:
             raise BackendUnavailable(f"OpenCL setup failed on {self.device.label} ({err}); use cpu") from err
         per_stream = 4 * (self._layers["step"][0].in_size + K.EMBEDDING_DIM) + 8 * sum(sizes) + \
@@ -153,17 +157,6 @@ class OpenClFeatures:
     def _buffer(self, array: np.ndarray):
         flags = self._cl.mem_flags
         return self._cl.Buffer(self.context, flags.READ_ONLY | flags.COPY_HOST_PTR, hostbuf=np.ascontiguousarray(array))
-
-    def _pinned(self, floats: int) -> np.ndarray:
-        """A page-locked host staging array where the driver offers one (fast DMA), else plain."""
-        cl = self._cl
-        try:
-            buf = cl.Buffer(self.context, cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, 4 * max(floats, 1))
-            array, _ = cl.enqueue_map_buffer(self.queue, buf, cl.map_flags.WRITE | cl.map_flags.READ, 0,
-                                             (max(floats, 1),), np.float32)
-            return array
-        except cl.Error:
-            return np.empty(max(floats, 1), np.float32)
 
     def _upload_weights(self) -> None:
         store = np.float16 if self.precision == "fp16" else np.float32
@@ -203,30 +196,37 @@ class OpenClFeatures:
         ]
         self.mel_method = "fft" if fft else "dft"
 
-    def _build_conv(self, which: str):
-        layers, dev = self._layers[which], self.device
+    def _build_conv(self, which: str, latency: bool):
+        """The program for `which` layers ("step" | "window") in latency (small batches) or
+        throughput tiling, kernels `{which}_{l|t}{index}`; tiles shrink until the device takes them."""
+        layers, dev, prefix = self._layers[which], self.device, f"{which}_{'l' if latency else 't'}"
         mt = int(self._tiles.get("mt", 32))
         while True:
-            tilings = [K.choose_tiling(lay, dev.max_work_group, dev.local_mem, rm=int(self._tiles.get("rm", 4)), mt=mt)
-                       for lay in layers]
-            source = K.conv_program_source(layers, tilings, f"{which}_", self.precision == "fp16", self.half_math)
+            tilings = [K.choose_tiling(lay, dev.max_work_group, dev.local_mem, rm=int(self._tiles.get("rm", 4)),
+                                       mt=mt, latency=latency) for lay in layers]
+            source = K.conv_program_source(layers, tilings, prefix, self.precision == "fp16", self.half_math)
             program = build_program(self._cl, self.context, source, [], "embedding")
-            names = [f"{which}_{i}" for i in range(len(layers))]
+            names = [f"{prefix}{i}" for i in range(len(layers))]
             if mt == 1 or self._kernel_fits(program, names, [t.work_group for t in tilings]):
-                self._tilings[f"{which}_"] = tilings
-                return program
+                self._tilings[prefix] = tilings
+                return prefix, program
+            if latency:  # the latency tiles are already small: use the throughput ones
+                return self._build_conv(which, latency=False)
             mt //= 2
 
     def _plan(self, which: str, batch: int) -> _Plan:
         capacity = min(self.max_capacity, _pow2_at_least(batch))
+        latency = self._tiles.get("mode", "latency" if capacity <= LATENCY_MAX_BATCH else "throughput") == "latency"
+        prefix = f"{which}_{'l' if latency else 't'}"
         key = (which, capacity)
         if key not in self._plans:
-            if which not in self._programs:
-                self._programs[which] = self._build_conv(which)
+            if prefix not in self._programs:
+                self._programs[prefix] = self._build_conv(which, latency)
+            built, program = self._programs[prefix]
             # Keep the newest few plans: the engine's batch size changes only as streams come and go.
             for old in [k for k in self._plans if k[0] == which][: -2 or None]:
                 del self._plans[old]
-            self._plans[key] = _Plan(self, self._layers[which], self._programs[which], f"{which}_", capacity)
+            self._plans[key] = _Plan(self, self._layers[which], program, built, capacity)
         return self._plans[key]
 
     # -- running -----------------------------------------------------------------------------
@@ -243,19 +243,12 @@ class OpenClFeatures:
     def _run(self, plan: _Plan, batch: int, inputs: list[np.ndarray], out_floats: int) -> np.ndarray:
         cl = self._cl
         plan.bind(batch)
-        if 4 * batch * plan.in_floats <= _STAGING_BYTES:  # one copy from page-locked memory
-            staging = plan.staging[: batch * plan.in_floats]
-            np.concatenate([a.reshape(-1) for a in inputs], out=staging)
-            cl.enqueue_copy(self.queue, plan.in_buf, staging, is_blocking=False)
-        else:  # large batches: one copy per array, no host-side packing pass
-            offset = 0
-            for array in inputs:
-                array = np.ascontiguousarray(array, dtype=np.float32)
-                cl.enqueue_copy(self.queue, plan.in_buf, array, dst_offset=offset, is_blocking=False)
-                offset += array.nbytes
+        staging = plan.staging[: batch * plan.in_floats]
+        pack(inputs, staging)  # one DMA from page-locked memory
+        cl.enqueue_copy(self.queue, plan.in_buf, staging, is_blocking=False)
         for kernel, size, group in plan.launches(batch):
             self._launch(kernel, size, group)
-        result = np.empty(batch * out_floats, np.float32)
+        result = plan.outputs.take(batch * out_floats)
         cl.enqueue_copy(self.queue, result, plan.out_buf, is_blocking=True)
         return result
 
@@ -266,25 +259,31 @@ class OpenClFeatures:
         frames = (samples - spec.n_fft) // spec.hop + 1
         if batch == 0 or frames <= 0:
             return np.zeros((batch, max(frames, 0), K.MEL_BINS), np.float32)
-        out = np.empty((batch, frames, K.MEL_BINS), np.float32)
         with self._lock, self._device_errors("melspectrogram"):
-            in_buf, out_buf = self._mel_io(audio.nbytes, out.nbytes)
-            self._cl.enqueue_copy(self.queue, in_buf, audio, is_blocking=False)
+            in_buf, out_buf, staging, outputs = self._mel_io(audio.size, batch * frames * K.MEL_BINS)
+            pack([audio], staging[: audio.size])
+            self._cl.enqueue_copy(self.queue, in_buf, staging[: audio.size], is_blocking=False)
             self._mel_kernel.set_args(in_buf, np.int32(samples), np.int32(frames), *self._mel_consts, out_buf)
             self._launch(self._mel_kernel, batch * self._mel_group, self._mel_group)
+            out = outputs.take(batch * frames * K.MEL_BINS).reshape(batch, frames, K.MEL_BINS)
             self._cl.enqueue_copy(self.queue, out, out_buf, is_blocking=True)
         if not np.isfinite(out).all():
             raise BackendFailed(f"OpenCL melspectrogram on {self.device.name} returned non-finite values")
         return out
 
-    def _mel_io(self, in_bytes: int, out_bytes: int):
-        """Mel input/output buffers, grown to the next power of two when a call needs more."""
+    def _mel_io(self, in_floats: int, out_floats: int):
+        """Mel device buffers, host staging and output ring, grown to the next power of two."""
         flags = self._cl.mem_flags
-        for key, nbytes, flag in (("in", in_bytes, flags.READ_ONLY), ("out", out_bytes, flags.READ_WRITE)):
-            if key not in self._mel_buffers or self._mel_buffers[key][0] < nbytes:
-                size = _pow2_at_least(nbytes)
-                self._mel_buffers[key] = (size, self._cl.Buffer(self.context, flag, size))
-        return self._mel_buffers["in"][1], self._mel_buffers["out"][1]
+        if "in" not in self._mel_buffers or self._mel_buffers["in"][0] < in_floats:
+            size = _pow2_at_least(in_floats)
+            self._mel_buffers["in"] = (size, self._cl.Buffer(self.context, flags.READ_ONLY, 4 * size),
+                                       self._pinned.new(size))
+        if "out" not in self._mel_buffers or self._mel_buffers["out"][0] < out_floats:
+            size = _pow2_at_least(out_floats)
+            self._mel_buffers["out"] = (size, self._cl.Buffer(self.context, flags.READ_WRITE, 4 * size),
+                                        OutputRing(self._pinned, size, slots=2))
+        (_, in_buf, staging), (_, out_buf, outputs) = self._mel_buffers["in"], self._mel_buffers["out"]
+        return in_buf, out_buf, staging, outputs
 
     def embed_step(self, mel: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         mel = np.asarray(mel, np.float32)

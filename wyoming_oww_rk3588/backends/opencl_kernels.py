@@ -198,7 +198,8 @@ class Tiling:
     rn: int  # channels per work-item
     mt: int  # work-items along rows
     nt: int  # work-items along channels
-    kc: int  # K elements per local-memory chunk
+    kc: int  # K elements per local-memory chunk (per gather pass in latency mode)
+    whole_k: bool = False  # latency mode: all of K in local memory, weights from global
 
     @property
     def rows(self) -> int:
@@ -209,8 +210,26 @@ class Tiling:
         return self.mt * self.nt
 
 
-def choose_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, rm: int = 4, mt: int = 32) -> Tiling:
+def latency_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, mt: int = 8) -> Tiling | None:
+    """Small tiles for small batches: 3 channels x 1 row per work-item, all of K gathered
+    once, so a layer costs a few memory round trips instead of one per K-chunk."""
+    ktot = layer.kt * layer.kf * layer.cin
+    nt = layer.cout // 3 if layer.cout % 3 == 0 else layer.cout
+    while mt > 1 and mt * nt > max_work_group:
+        mt //= 2
+    if mt * nt > max_work_group or 4 * ktot * (mt + 1) > local_mem // 2:
+        return None
+    kc = next((kc for kc in (32, 16, 8, 4) if layer.cin % kc == 0 and (mt * nt) % (kc // 4) == 0), ktot)
+    return Tiling(1, layer.cout // nt, mt, nt, kc, whole_k=True)
+
+
+def choose_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, rm: int = 4, mt: int = 32,
+                  latency: bool = False) -> Tiling:
     """Tiles that fit the device: work-group <= its limit, local tiles <= half its local memory."""
+    if latency:
+        tiling = latency_tiling(layer, max_work_group, local_mem)
+        if tiling is not None:
+            return tiling
     nt = next(n for n in (8, 6, 4, 3, 2, 1) if layer.cout % n == 0)
     mt = max(1, min(mt, max_work_group // nt))
     ktot = layer.kt * layer.kf * layer.cin
@@ -240,7 +259,7 @@ def conv_program_source(layers: list[ConvLayer], tilings: list[Tiling], prefix: 
             ACT=int(layer.alpha is not None), ALPHA=_float(layer.alpha or 0.0), FLOOR=_float(layer.floor or 0.0),
             X_HALF=int(half_storage and index > 0), Y_HALF=int(half_storage and index < len(layers) - 1),
             W_HALF=int(half_storage), HALF_MATH=int(half_math),
-            RM=tiling.rm, RN=tiling.rn, MT=tiling.mt, NT=tiling.nt, KC=tiling.kc,
+            RM=tiling.rm, RN=tiling.rn, MT=tiling.mt, NT=tiling.nt, KC=tiling.kc, WHOLE_K=int(tiling.whole_k),
         )
         parts.append("".join(f"#define {k} {v}\n" for k, v in defines.items()))
         parts.append(body)
