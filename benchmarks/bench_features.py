@@ -123,6 +123,21 @@ def profile_layers(backend, batch: int) -> list[str]:
     return out
 
 
+def transfer_rates(backend, megabytes: int) -> str:
+    """Host<->device copy rates (page-locked host memory) and the host packing rate, GB/s."""
+    from wyoming_oww_rk3588.backends.opencl_host import pack
+
+    cl, floats = backend._cl, megabytes << 18
+    host, source = backend._pinned.new(floats), np.ones(floats, np.float32)
+    device = cl.Buffer(backend.context, cl.mem_flags.READ_WRITE, 4 * floats)
+    rates = {}
+    for name, fn in (("pack", lambda: pack([source], host)),
+                     ("upload", lambda: cl.enqueue_copy(backend.queue, device, host, is_blocking=True)),
+                     ("download", lambda: cl.enqueue_copy(backend.queue, host, device, is_blocking=True))):
+        rates[name] = 4 * floats / timed(fn, 0.2) / 1e9
+    return "host/device rates: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in rates.items()) + f" ({megabytes} MB)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64, 512])
@@ -135,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiles", nargs="*", default=[], help="extra tilings to try, e.g. rm=8,mt=16 mode=latency")
     parser.add_argument("--tile-batches", type=int, nargs="*", default=[], help="batches for --tiles")
     parser.add_argument("--profile-batch", type=int, default=0, help="per-kernel times at this batch")
+    parser.add_argument("--transfer-mb", type=int, default=256, help="size for the copy-rate check (0: skip)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
 
@@ -156,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{'backend':<22}{'batch':>7}{'ms/step':>10}{'us/stream':>11}{'x cpu-str':>10}{'x cpu-win':>10}"
         f"{'RT streams':>12}{'% peak':>8}",
     ]
+    if args.transfer_mb:
+        lines.insert(-2, transfer_rates(next(iter(backends.values())), args.transfer_mb))
     print("\n".join(lines), flush=True)
     cpu = CpuFeatures(threads=args.cpu_threads)
     best = {}

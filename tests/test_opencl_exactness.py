@@ -234,3 +234,17 @@ def test_both_kernel_tilings_step_like_the_cpu(cpu, mode):
     windows = rng.uniform(-1, 4, (5, 76, 32)).astype(np.float32)
     assert np.abs(backend.embed_windows(windows) - cpu.embed_windows(windows)).max() <= FP32_TOLERANCE
     backend.close()
+
+
+def test_a_batch_split_into_overlapping_chunks_steps_like_the_cpu(opencl32, cpu, monkeypatch):
+    """Large batches go through the device in chunks on three queues; forced here for 40 streams."""
+    from wyoming_oww_rk3588.backends import opencl_plan
+
+    monkeypatch.setattr(opencl_plan, "CHUNK_MIN", 8)
+    rng = np.random.default_rng(5)
+    states = [rng.normal(0, 1, (40, *s)).astype(np.float32) for s in opencl32.layout.state_shapes]
+    mel = rng.uniform(-1, 4, (40, 8, 32)).astype(np.float32)
+    ours, our_states = opencl32.embed_step(mel, states)
+    theirs, their_states = cpu.embed_step(mel, states)
+    assert np.abs(ours - theirs).max() <= FP32_TOLERANCE
+    assert all(np.abs(a - b).max() <= FP32_TOLERANCE for a, b in zip(our_states, their_states))

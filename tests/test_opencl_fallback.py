@@ -114,7 +114,7 @@ def test_a_kernel_failure_raises_backend_failed_and_leaves_the_states_untouched(
     _, after = backend.embed_step(mel, states)  # a working step does not touch its inputs either
     assert all(np.array_equal(a, b) for a, b in zip(states, before))
 
-    def fail(*args):
+    def fail(*args, **kwargs):
         raise cl.RuntimeError("clEnqueueNDRangeKernel failed: OUT_OF_RESOURCES")
 
     monkeypatch.setattr(backend, "_launch", fail)
@@ -152,7 +152,7 @@ def _run_engine(engine, audios, fail_at=None, monkeypatch=None):
     detections, scores = [], [[] for _ in audios]
     for step in range(len(audios[0]) // 1280):
         if step == fail_at:
-            def fail(*args):
+            def fail(*args, **kwargs):
                 raise cl.RuntimeError("clEnqueueNDRangeKernel failed: OUT_OF_RESOURCES")
 
             monkeypatch.setattr(engine.features.backend, "_launch", fail)

@@ -22,6 +22,7 @@ from ..models.registry import builtin_feature_path
 from . import opencl_kernels as K
 from .opencl_device import build_program, choose_device, device_info
 from .opencl_host import OutputRing, PinnedArrays, pack
+from .opencl_plan import Plan, run
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -42,61 +43,6 @@ LATENCY_MAX_BATCH = 64
 
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
-
-
-class _Plan:
-    """Device buffers and bound kernels for up to `capacity` streams of one layer stack.
-
-    Host input (one upload): [mel rows | state_0 | state_1 | ...], each segment [B, ...];
-    host output (one download): [embeddings | new state_0 | ...]. Segment offsets depend on
-    the call's batch B, so exactly B streams travel each way.
-    """
-
-    def __init__(self, owner: "OpenClFeatures", layers: list[K.ConvLayer], program, prefix: str, capacity: int):
-        cl, ctx = owner._cl, owner.context
-        self.cl, self.layers, self.capacity = cl, layers, capacity
-        self.tilings = owner._tilings[prefix]
-        self.mel_size = layers[0].in_size
-        self.state_sizes = [layer.state_size for layer in layers if layer.stateful]
-        self.in_floats = self.mel_size + sum(self.state_sizes)
-        self.out_floats = K.EMBEDDING_DIM + sum(self.state_sizes)
-        act_floats = max(layer.out_size for layer in layers[:-1])
-        flags = cl.mem_flags
-        self.in_buf = cl.Buffer(ctx, flags.READ_ONLY, 4 * capacity * self.in_floats)
-        self.out_buf = cl.Buffer(ctx, flags.READ_WRITE, 4 * capacity * self.out_floats)
-        self.act = [cl.Buffer(ctx, flags.READ_WRITE, owner._store_bytes * capacity * act_floats) for _ in range(2)]
-        self.staging = owner._pinned.new(capacity * self.in_floats)
-        self.outputs = OutputRing(owner._pinned, capacity * self.out_floats, slots=2)
-        self.kernels = [cl.Kernel(program, f"{prefix}{i}") for i in range(len(layers))]
-        self.prefix = prefix
-        self.weights = owner._weights
-        self.batch = -1
-
-    def bind(self, batch: int) -> None:
-        """Set every kernel's arguments for `batch` streams (only when the batch changes)."""
-        if batch == self.batch:
-            return
-        s_in = batch * self.mel_size
-        s_out = batch * K.EMBEDDING_DIM
-        last = len(self.layers) - 1
-        for i, (layer, kernel) in enumerate(zip(self.layers, self.kernels)):
-            weight, bias = self.weights[i]
-            x = self.in_buf if i == 0 else self.act[(i - 1) % 2]
-            y = self.out_buf if i == last else self.act[i % 2]
-            kernel.set_args(
-                np.int32(batch), x, np.int32(0), self.in_buf, np.int32(s_in), self.out_buf, np.int32(s_out),
-                weight, bias, y, np.int32(0),
-            )
-            if layer.stateful:
-                s_in += batch * layer.state_size
-                s_out += batch * layer.state_size
-        self.batch = batch
-
-    def launches(self, batch: int):
-        for layer, tiling, kernel in zip(self.layers, self.tilings, self.kernels):
-            rows = batch * layer.tout * layer.fout
-            groups = -(-rows // tiling.rows)
-            yield kernel, groups * tiling.work_group, tiling.work_group
 
 
 class OpenClFeatures:
@@ -125,11 +71,13 @@ class OpenClFeatures:
         self.half_math = precision == "fp16" and self.device.fp16
         self._store_bytes = 2 if precision == "fp16" else 4
         self._lock = threading.Lock()
-        self._plans: dict[tuple[str, int], _Plan] = {}
+        self._plans: dict[tuple[str, int], Plan] = {}
         self._mel_buffers: dict[str, tuple] = {}
         try:
             self.context = context or cl.Context([dev])
             self.queue = cl.CommandQueue(self.context, dev)
+            # Large batches overlap uploads, kernels and downloads across three in-order queues.
+            self.queue_up, self.queue_down = cl.CommandQueue(self.context, dev), cl.CommandQueue(self.context, dev)
             self._pinned = PinnedArrays(cl, self.context, self.queue)
             embedding = onnx.load(str(builtin_feature_path("embedding")))
             _, self.layout = graphs.streaming_embedding(embedding)
@@ -214,7 +162,7 @@ class OpenClFeatures:
                 return self._build_conv(which, latency=False)
             mt //= 2
 
-    def _plan(self, which: str, batch: int) -> _Plan:
+    def _plan(self, which: str, batch: int) -> Plan:
         capacity = min(self.max_capacity, _pow2_at_least(batch))
         latency = self._tiles.get("mode", "latency" if capacity <= LATENCY_MAX_BATCH else "throughput") == "latency"
         prefix = f"{which}_{'l' if latency else 't'}"
@@ -226,7 +174,7 @@ class OpenClFeatures:
             # Keep the newest few plans: the engine's batch size changes only as streams come and go.
             for old in [k for k in self._plans if k[0] == which][: -2 or None]:
                 del self._plans[old]
-            self._plans[key] = _Plan(self, self._layers[which], program, built, capacity)
+            self._plans[key] = Plan(self, self._layers[which], program, built, capacity)
         return self._plans[key]
 
     # -- running -----------------------------------------------------------------------------
@@ -237,20 +185,11 @@ class OpenClFeatures:
         except (self._cl.Error, MemoryError) as err:
             raise BackendFailed(f"OpenCL {what} failed on {self.device.name} ({err})") from err
 
-    def _launch(self, kernel, global_size: int, local_size: int) -> None:
-        self._cl.enqueue_nd_range_kernel(self.queue, kernel, (global_size,), (local_size,))
+    def _launch(self, kernel, global_size: int, local_size: int, wait_for=None):
+        return self._cl.enqueue_nd_range_kernel(self.queue, kernel, (global_size,), (local_size,), wait_for=wait_for)
 
-    def _run(self, plan: _Plan, batch: int, inputs: list[np.ndarray], out_floats: int) -> np.ndarray:
-        cl = self._cl
-        plan.bind(batch)
-        staging = plan.staging[: batch * plan.in_floats]
-        pack(inputs, staging)  # one DMA from page-locked memory
-        cl.enqueue_copy(self.queue, plan.in_buf, staging, is_blocking=False)
-        for kernel, size, group in plan.launches(batch):
-            self._launch(kernel, size, group)
-        result = plan.outputs.take(batch * out_floats)
-        cl.enqueue_copy(self.queue, result, plan.out_buf, is_blocking=True)
-        return result
+    def _run(self, plan: Plan, batch: int, inputs: list[np.ndarray]) -> np.ndarray:
+        return run(self, plan, batch, inputs)
 
     def melspectrogram(self, audio: np.ndarray) -> np.ndarray:
         audio = np.ascontiguousarray(audio, dtype=np.float32)
@@ -302,7 +241,7 @@ class OpenClFeatures:
                 if n == 0:
                     break
                 plan = self._plan("step", n)
-                flat = self._run(plan, n, [mel[rows]] + [s[rows] for s in states], plan.out_floats)
+                flat = self._run(plan, n, [mel[rows]] + [s[rows] for s in states])
                 embeddings.append(flat[: n * K.EMBEDDING_DIM].reshape(n, K.EMBEDDING_DIM))
                 offset = n * K.EMBEDDING_DIM
                 for i, (size, shape) in enumerate(zip(sizes, shapes)):
@@ -324,7 +263,7 @@ class OpenClFeatures:
         with self._lock, self._device_errors("embed_windows"):
             for start in range(0, len(mel), self.max_capacity):
                 chunk = mel[start : start + self.max_capacity]
-                flat = self._run(self._plan("window", len(chunk)), len(chunk), [chunk], K.EMBEDDING_DIM)
+                flat = self._run(self._plan("window", len(chunk)), len(chunk), [chunk])
                 parts.append(flat.reshape(len(chunk), K.EMBEDDING_DIM))
         result = np.concatenate(parts) if parts else np.zeros((0, K.EMBEDDING_DIM), np.float32)
         if not np.isfinite(result).all():
@@ -340,6 +279,7 @@ class OpenClFeatures:
         mel = self.melspectrogram(audio) / np.float32(10) + np.float32(2)  # binds the mel kernel
         self.embed_step(mel, [np.zeros((batch, *s), np.float32) for s in self.layout.state_shapes])
         plan = self._plan("step", batch)
+        plan.bind(batch)
         times = []
         with self._lock, self._device_errors("time_device_step"):
             for launches in ([(self._mel_kernel, batch * self._mel_group, self._mel_group)], list(plan.launches(batch))):
@@ -356,6 +296,11 @@ class OpenClFeatures:
         with self._lock:
             self._plans.clear()
             self._mel_buffers.clear()
+            for queue in (self.queue, self.queue_up, self.queue_down):
+                try:
+                    queue.finish()
+                except self._cl.Error:  # a failed device: nothing left to wait for
+                    pass
 
 
 def self_test(backend, reference=None, steps: int = 3) -> tuple[float, float]:

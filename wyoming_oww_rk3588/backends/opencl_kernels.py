@@ -198,8 +198,7 @@ class Tiling:
     rn: int  # channels per work-item
     mt: int  # work-items along rows
     nt: int  # work-items along channels
-    kc: int  # K elements per local-memory chunk (per gather pass in latency mode)
-    whole_k: bool = False  # latency mode: all of K in local memory, weights from global
+    kc: int  # K elements per local-memory chunk
 
     @property
     def rows(self) -> int:
@@ -211,16 +210,19 @@ class Tiling:
 
 
 def latency_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, mt: int = 8) -> Tiling | None:
-    """Small tiles for small batches: 3 channels x 1 row per work-item, all of K gathered
-    once, so a layer costs a few memory round trips instead of one per K-chunk."""
-    ktot = layer.kt * layer.kf * layer.cin
+    """Small tiles for small batches: 1 row x 3 channels per work-item and K-chunks as deep as
+    local memory allows, so a layer costs a few memory round trips (batch 1 is latency-bound)."""
     nt = layer.cout // 3 if layer.cout % 3 == 0 else layer.cout
     while mt > 1 and mt * nt > max_work_group:
         mt //= 2
-    if mt * nt > max_work_group or 4 * ktot * (mt + 1) > local_mem // 2:
+    if mt * nt > max_work_group:
         return None
-    kc = next((kc for kc in (32, 16, 8, 4) if layer.cin % kc == 0 and (mt * nt) % (kc // 4) == 0), ktot)
-    return Tiling(1, layer.cout // nt, mt, nt, kc, whole_k=True)
+    budget = local_mem - 1024
+    ktot = layer.kt * layer.kf * layer.cin
+    chunks = [kc for kc in range(layer.cin, 3, -1) if layer.cin % kc == 0 and kc % 4 == 0]
+    chunks += [kc for kc in range(ktot, 0, -1) if ktot % kc == 0]  # scalar gather
+    kc = next((kc for kc in chunks if 4 * kc * (mt + 1 + layer.cout) <= budget), None)
+    return None if kc is None else Tiling(1, layer.cout // nt, mt, nt, kc)
 
 
 def choose_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, rm: int = 4, mt: int = 32,
@@ -234,8 +236,8 @@ def choose_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, rm: int
     mt = max(1, min(mt, max_work_group // nt))
     ktot = layer.kt * layer.kf * layer.cin
     fits = lambda kc: 4 * kc * (rm * mt + 1 + layer.cout) <= local_mem // 2  # noqa: E731
-    for kc in (32, 16, 8, 4):  # the kernel's vector gather: 4 | KC | CIN, (KC/4) | work-group
-        if layer.cin % kc == 0 and (mt * nt) % (kc // 4) == 0 and fits(kc):
+    for kc in (32, 16, 8, 4):  # the kernel's vector gather: 4 | KC | CIN
+        if layer.cin % kc == 0 and fits(kc):
             return Tiling(rm, layer.cout // nt, mt, nt, kc)
     for kc in (24, 16, 12, 9, 8, 6, 4, 3, 2, 1):
         if ktot % kc == 0 and fits(kc):
@@ -259,7 +261,7 @@ def conv_program_source(layers: list[ConvLayer], tilings: list[Tiling], prefix: 
             ACT=int(layer.alpha is not None), ALPHA=_float(layer.alpha or 0.0), FLOOR=_float(layer.floor or 0.0),
             X_HALF=int(half_storage and index > 0), Y_HALF=int(half_storage and index < len(layers) - 1),
             W_HALF=int(half_storage), HALF_MATH=int(half_math),
-            RM=tiling.rm, RN=tiling.rn, MT=tiling.mt, NT=tiling.nt, KC=tiling.kc, WHOLE_K=int(tiling.whole_k),
+            RM=tiling.rm, RN=tiling.rn, MT=tiling.mt, NT=tiling.nt, KC=tiling.kc,
         )
         parts.append("".join(f"#define {k} {v}\n" for k, v in defines.items()))
         parts.append(body)

@@ -15,7 +15,6 @@
 //   HALF_MATH             half arithmetic for the inner products (cl_khr_fp16 devices only)
 //   RM, RN, MT, NT, KC    tiling: work-group MT*NT items, TM = MT*RM rows, K-chunk KC
 //                         (KC a multiple of 4 dividing CIN: vector gather, else a scalar one)
-//   WHOLE_K               latency mode: gather all of K, then read weights from global memory
 
 #define TM (MT * RM)
 #define WG (MT * NT)
@@ -35,14 +34,8 @@
 #define LOADX(p, i) ((p)[i])
 #define LOADX4(p) vload4(0, (p))
 #endif
-#define VEC_GATHER (KC % 4 == 0 && CIN % KC == 0 && WG % (KC / 4) == 0)
-#if WHOLE_K
-#define A_DEPTH KTOT
-#define A_ROW(k0, kk) ((k0) + (kk))
-#else
-#define A_DEPTH KC
-#define A_ROW(k0, kk) (kk)
-#endif
+#define VEC_GATHER (KC % 4 == 0 && CIN % KC == 0)
+
 #if Y_HALF
 #define YTYPE half
 #define STOREY(p, i, v) vstore_half((v), (i), (p))
@@ -71,10 +64,8 @@ void KNAME(const int batch,
            __global const WTYPE* w, __global const float* bias,
            __global YTYPE* y, const int y_off)
 {
-    __local TILE a_tile[A_DEPTH][TM + 1];  // +1: consecutive K elements of a row hit other banks
-#if !WHOLE_K
+    __local TILE a_tile[KC][TM + 1];  // +1: consecutive K elements of a row hit other banks
     __local TILE w_tile[KC][COUT];
-#endif
     const int lid = get_local_id(0);
     const int tn = lid % NT;
     const int tm = lid / NT;
@@ -86,14 +77,15 @@ void KNAME(const int batch,
 
     for (int k0 = 0; k0 < KTOT; k0 += KC) {
 #if VEC_GATHER
-        // A chunk lies inside one tap (KC divides CIN); each item loads 4 consecutive input
-        // channels (one vector load, NHWC) of every (WG / (KC/4))-th row of the tile.
+        // A chunk lies inside one tap (KC divides CIN); each load is 4 consecutive input
+        // channels of one row (one vector load, NHWC).
         {
-            const int kq = (lid % (KC / 4)) * 4;
-            const int ci = k0 % CIN + kq;
             const int kt = (k0 / CIN) / KF;
             const int kf = (k0 / CIN) % KF;
-            for (int r = lid / (KC / 4); r < TM; r += WG / (KC / 4)) {
+            for (int e = lid; e < TM * (KC / 4); e += WG) {
+                const int kq = (e % (KC / 4)) * 4;
+                const int r = e / (KC / 4);
+                const int ci = k0 % CIN + kq;
                 const int m = m0 + r;
                 float4 v = (float4)(0.0f);
                 if (m < rows) {
@@ -132,10 +124,10 @@ void KNAME(const int batch,
 #endif
                     }
                 }
-                a_tile[A_ROW(k0, kq)][r] = (TILE)v.x;
-                a_tile[A_ROW(k0, kq + 1)][r] = (TILE)v.y;
-                a_tile[A_ROW(k0, kq + 2)][r] = (TILE)v.z;
-                a_tile[A_ROW(k0, kq + 3)][r] = (TILE)v.w;
+                a_tile[kq][r] = (TILE)v.x;
+                a_tile[kq + 1][r] = (TILE)v.y;
+                a_tile[kq + 2][r] = (TILE)v.z;
+                a_tile[kq + 3][r] = (TILE)v.w;
             }
         }
 #else
@@ -181,10 +173,9 @@ void KNAME(const int batch,
 #endif
                 }
             }
-            a_tile[A_ROW(k0, kk)][r] = (TILE)v;
+            a_tile[kk][r] = (TILE)v;
         }
 #endif
-#if !WHOLE_K
         for (int e = lid; e < KC * COUT; e += WG) {
             const int kk = e / COUT, n = e % COUT;
             w_tile[kk][n] = (TILE)LOADW(w, (k0 + kk) * COUT + n);
@@ -213,20 +204,7 @@ void KNAME(const int batch,
             for (int j = 0; j < RN; ++j) acc[i][j] += (float)part[i][j];
 #endif
         barrier(CLK_LOCAL_MEM_FENCE);
-#endif  // !WHOLE_K
     }
-#if WHOLE_K
-    // Latency mode (small batches): the whole K of the tile was gathered without a barrier per
-    // chunk; weights come straight from global memory (cached), one barrier in all.
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (int k = 0; k < KTOT; ++k) {
-        float av[RM], wv[RN];
-        for (int i = 0; i < RM; ++i) av[i] = (float)a_tile[k][tm + i * MT];
-        for (int j = 0; j < RN; ++j) wv[j] = (float)LOADW(w, k * COUT + tn + j * NT);
-        for (int i = 0; i < RM; ++i)
-            for (int j = 0; j < RN; ++j) acc[i][j] = fma(av[i], wv[j], acc[i][j]);
-    }
-#endif
 
     for (int i = 0; i < RM; ++i) {
         const int m = m0 + tm + i * MT;
@@ -253,8 +231,6 @@ void KNAME(const int batch,
 #undef LOADX
 #undef LOADX4
 #undef VEC_GATHER
-#undef A_DEPTH
-#undef A_ROW
 #undef YTYPE
 #undef STOREY
 #undef WTYPE

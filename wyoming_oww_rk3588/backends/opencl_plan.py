@@ -1,0 +1,103 @@
+"""Device buffers and bound kernels for one layer stack and batch capacity, and running a batch
+through them: one upload, one kernel per layer, one download; large batches in a few chunks
+whose uploads, kernels and downloads overlap (three in-order queues tied by events).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import opencl_kernels as K
+from .opencl_host import OutputRing, pack
+
+#: Streams per pipelined chunk at least; smaller batches go in one piece on one queue.
+CHUNK_MIN = 2048
+CHUNKS_MAX = 8
+
+
+class Plan:
+    """Buffers for up to `capacity` streams. Per chunk of n streams the input block is
+    [mel rows | state_0 | state_1 | ...] and the output block [embeddings | new state_0 | ...],
+    each segment [n, ...]; blocks sit one after another, so nothing is shared between chunks."""
+
+    def __init__(self, owner, layers: list[K.ConvLayer], program, prefix: str, capacity: int):
+        cl, ctx = owner._cl, owner.context
+        self.layers, self.capacity, self.prefix = layers, capacity, prefix
+        self.tilings = owner._tilings[prefix]
+        self.in_sizes = [layers[0].in_size] + [lay.state_size for lay in layers if lay.stateful]
+        self.out_sizes = [K.EMBEDDING_DIM] + self.in_sizes[1:]
+        self.in_floats, self.out_floats = sum(self.in_sizes), sum(self.out_sizes)
+        act_floats = max(layer.out_size for layer in layers[:-1])
+        flags = cl.mem_flags
+        self.in_buf = cl.Buffer(ctx, flags.READ_ONLY, 4 * capacity * self.in_floats)
+        self.out_buf = cl.Buffer(ctx, flags.READ_WRITE, 4 * capacity * self.out_floats)
+        self.act = [cl.Buffer(ctx, flags.READ_WRITE, owner._store_bytes * capacity * act_floats) for _ in range(2)]
+        self.staging = owner._pinned.new(capacity * self.in_floats)
+        self.outputs = OutputRing(owner._pinned, capacity * self.out_floats, slots=2)
+        self.kernels = [cl.Kernel(program, f"{prefix}{i}") for i in range(len(layers))]
+        self.weights = owner._weights
+        self.bound = None
+
+    def bind(self, batch: int, start: int = 0) -> None:
+        """Set every kernel's arguments for the chunk of `batch` streams from stream `start`."""
+        if self.bound == (batch, start):
+            return
+        x_in, x_out = start * self.in_floats, start * self.out_floats
+        s_in, s_out = x_in + batch * self.in_sizes[0], x_out + batch * self.out_sizes[0]
+        last = len(self.layers) - 1
+        for i, (layer, kernel) in enumerate(zip(self.layers, self.kernels)):
+            weight, bias = self.weights[i]
+            x = self.in_buf if i == 0 else self.act[(i - 1) % 2]
+            y = self.out_buf if i == last else self.act[i % 2]
+            kernel.set_args(
+                np.int32(batch), x, np.int32(x_in if i == 0 else 0), self.in_buf, np.int32(s_in), self.out_buf,
+                np.int32(s_out), weight, bias, y, np.int32(x_out if i == last else 0),
+            )
+            if layer.stateful:
+                s_in += batch * layer.state_size
+                s_out += batch * layer.state_size
+        self.bound = (batch, start)
+
+    def launches(self, batch: int):
+        for layer, tiling, kernel in zip(self.layers, self.tilings, self.kernels):
+            rows = batch * layer.tout * layer.fout
+            groups = -(-rows // tiling.rows)
+            yield kernel, groups * tiling.work_group, tiling.work_group
+
+
+def run(owner, plan: Plan, batch: int, inputs: list[np.ndarray]) -> np.ndarray:
+    """Run `batch` streams (inputs: one [batch, ...] array per input segment) and return the flat
+    output [seg_0 of all streams | seg_1 | ...] in a page-locked array nobody else holds."""
+    cl = owner._cl
+    result = plan.outputs.take(batch * plan.out_floats)
+    chunks = max(1, min(CHUNKS_MAX, batch // CHUNK_MIN))
+    if chunks == 1:  # one in-order queue: the least latency
+        plan.bind(batch)
+        staging = plan.staging[: batch * plan.in_floats]
+        pack(inputs, staging)
+        cl.enqueue_copy(owner.queue, plan.in_buf, staging, is_blocking=False)
+        for kernel, size, group in plan.launches(batch):
+            owner._launch(kernel, size, group)
+        cl.enqueue_copy(owner.queue, result, plan.out_buf, is_blocking=True)
+        return result
+    downloads = []
+    edges = np.linspace(0, batch, chunks + 1).astype(int)
+    for start, stop in zip(edges[:-1], edges[1:]):
+        n = int(stop - start)
+        block_in = slice(start * plan.in_floats, stop * plan.in_floats)
+        pack([a[start:stop] for a in inputs], plan.staging[block_in])  # overlaps the previous chunk's DMA
+        upload = cl.enqueue_copy(owner.queue_up, plan.in_buf, plan.staging[block_in],
+                                 dst_offset=4 * block_in.start, is_blocking=False)
+        plan.bind(n, int(start))
+        wait = [upload]
+        for kernel, size, group in plan.launches(n):
+            done = owner._launch(kernel, size, group, wait_for=wait)
+            wait = None
+        device, host = 4 * int(start) * plan.out_floats, 0
+        for size in plan.out_sizes:  # each segment of the chunk to its rows of the result
+            rows = result[host + int(start) * size : host + int(stop) * size]
+            downloads.append(cl.enqueue_copy(owner.queue_down, rows, plan.out_buf, src_offset=device,
+                                             is_blocking=False, wait_for=[done]))
+            device, host = device + 4 * n * size, host + batch * size
+    cl.wait_for_events(downloads)
+    return result
