@@ -118,9 +118,10 @@ async def load(port: int, n: int, audio: np.ndarray, phrase_end: int, name: str)
 
 
 def measure(proc: subprocess.Popen, port: int, n: int, audio, phrase_end, name) -> dict:
-    before = cpu_seconds(proc.pid)
+    before, client_before = cpu_seconds(proc.pid), time.process_time()
     results = asyncio.run(load(port, n, audio, phrase_end, name))
     used = cpu_seconds(proc.pid) - before
+    client = time.process_time() - client_before
     latencies = np.array([r for r in results if r is not None]) * 1000
     return {
         "got": len(latencies),
@@ -128,6 +129,7 @@ def measure(proc: subprocess.Popen, port: int, n: int, audio, phrase_end, name) 
         "p50": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
         "p99": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
         "cpu": used / (n * len(audio) / 16000),
+        "client": client / (len(audio) / 16000 + 0.5),  # cores the load generator itself used
     }
 
 
@@ -160,7 +162,8 @@ def main() -> None:
     print(f"# {os.cpu_count()} cores; {len(audio) / 16000:.2f} s per stream, fires at {phrase_end / 16000:.2f} s; "
           f"64 ms chunks, real-time pacing; client in this process")
     print("# latency: from sending the chunk that completes the firing frame to receiving the detection")
-    print(f"{'server':<38} {'N':>5} {'detections':>11} {'p50 ms':>8} {'p99 ms':>8} {'CPU-s/audio-s':>14}")
+    print(f"{'server':<38} {'N':>5} {'detections':>11} {'p50 ms':>8} {'p99 ms':>8} {'CPU-s/audio-s':>14} "
+          f"{'client cores':>12}")
     try:
         for n in args.streams:
             for label, proc, p, name, limit in servers:
@@ -168,7 +171,7 @@ def main() -> None:
                     continue
                 r = measure(proc, p, n, audio, phrase_end, name)
                 print(f"{label:<38} {n:>5} {r['got']:>5}/{r['expected']:<5} {r['p50']:>8.1f} {r['p99']:>8.1f} "
-                      f"{r['cpu']:>14.5f}", flush=True)
+                      f"{r['cpu']:>14.5f} {r['client']:>12.2f}", flush=True)
     finally:
         for _, proc, *_ in servers:
             proc.terminate()

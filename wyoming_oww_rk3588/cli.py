@@ -31,8 +31,16 @@ class Settings:
     npu_core_mask: str = "auto"
     rknn_cache_dir: Path | None = None
     threads: int = 1
+    workers: int = field(default_factory=lambda: default_workers())
     zeroconf: str | None = None
     debug: bool = False
+
+
+def default_workers() -> int:
+    """Engine threads: every core up to 4 (an RK3588 has 4 big cores)."""
+    import os
+
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -120,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--precision", choices=("fp32", "fp16"), default="fp32", help="OpenCL arithmetic precision")
     add("--npu-core-mask", choices=NPU_CORE_MASKS, default="auto", help="RK3588 NPU cores for the heads")
     add("--rknn-cache-dir", type=Path, default=None, help="where converted .rknn heads are kept")
-    add("--threads", type=_positive_int, default=1, help="CPU threads for onnxruntime")
+    add("--threads", type=_positive_int, default=1, help="onnxruntime threads per engine worker")
+    add("--workers", type=_positive_int, default=None,
+        help="engine threads that share a big CPU batch (default: cores, at most 4)")
     add("--zeroconf", nargs="?", const=DEFAULT_ZEROCONF_NAME, default=None, metavar="NAME",
         help=f"announce the service on the LAN with mDNS (default name {DEFAULT_ZEROCONF_NAME})")
     add("--debug", action="store_true", help="log debug messages")
@@ -146,6 +156,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         npu_core_mask=args.npu_core_mask,
         rknn_cache_dir=args.rknn_cache_dir,
         threads=args.threads,
+        workers=args.workers or default_workers(),
         zeroconf=args.zeroconf,
         debug=args.debug,
     )

@@ -40,10 +40,18 @@ class StreamHandle:
     drained: list[asyncio.Future] = field(default_factory=list)
 
 
+#: Below this many streams per part, splitting a batch across threads costs more than it saves.
+MIN_STREAMS_PER_WORKER = 16
+
+
 class EngineRunner:
-    def __init__(self, engine: Engine) -> None:
+    """`workers` > 1 splits big CPU batches across threads (onnxruntime releases the GIL);
+    an accelerator's batch is never split, since one big batch is what it is fast at."""
+
+    def __init__(self, engine: Engine, workers: int = 1) -> None:
         self.engine = engine
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.workers = max(1, workers)
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")
         self._handles: dict[int, StreamHandle] = {}
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
@@ -118,7 +126,10 @@ class EngineRunner:
                     self._resolve(handle)
             if not ready:
                 continue
-            found, failed = await loop.run_in_executor(self._executor, self._process, ready)
+            parts = self._split(ready)
+            results = await asyncio.gather(*(loop.run_in_executor(self._executor, self._process, p) for p in parts))
+            found = [pair for part_found, _ in results for pair in part_found]
+            failed = [pair for _, part_failed in results for pair in part_failed]
             self.batches += 1
             for handle, detection in found:
                 if not handle.closed:
@@ -131,6 +142,12 @@ class EngineRunner:
                     self._wake.set()
                 elif not handle.inbox:
                     self._resolve(handle)
+
+    def _split(self, ready: list[StreamHandle]) -> list[list[StreamHandle]]:
+        if self.engine.backends["features"] != "cpu":
+            return [ready]
+        parts = min(self.workers, max(1, len(ready) // MIN_STREAMS_PER_WORKER))
+        return [ready[i::parts] for i in range(parts)]
 
     def _process(self, handles: list[StreamHandle]):
         """Runs in the engine thread: ((handle, detection) pairs, (handle, error) pairs)."""

@@ -148,7 +148,7 @@ async def serve(settings: Settings, engine: Engine, models: dict[str, ModelInfo]
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread (tests) or no signals here
-    runner = EngineRunner(engine)
+    runner = EngineRunner(engine, workers=settings.workers)
     runner.start()
     info_event = build_info(models).event()
     server = AsyncServer.from_uri(settings.uri)
