@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .backends.select import backends_for_framework, select_features
+from .backends.select import backends_for_framework, cpu_features_factory, select_features
 from .detector import DetectorConfig
 from .engine import Engine
 from .features import EMBEDDING_DIM, FRAME_SAMPLES, MEL_FRAMES_PER_STEP, WINDOW_FRAMES, FeaturePipeline, scale_mel
@@ -119,7 +119,7 @@ class AudioFeatures:
         if features == "opencl" and device == "cpu":
             _LOGGER.info("inference_framework='opencl' with device='cpu': any OpenCL device may be used")
         backend, _ = select_features(features, threads=ncpu)
-        self._pipeline = FeaturePipeline(backend, fallback_factory=None)
+        self._pipeline = FeaturePipeline(backend, fallback_factory=cpu_features_factory(ncpu))
         self.backend = backend.name
         self._state = self._pipeline.new_state(120)
         self._pending = np.zeros(0, np.int16)
