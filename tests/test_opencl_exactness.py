@@ -248,3 +248,23 @@ def test_a_batch_split_into_overlapping_chunks_steps_like_the_cpu(opencl32, cpu,
     theirs, their_states = cpu.embed_step(mel, states)
     assert np.abs(ours - theirs).max() <= FP32_TOLERANCE
     assert all(np.abs(a - b).max() <= FP32_TOLERANCE for a, b in zip(our_states, their_states))
+
+
+def test_states_passed_back_as_returned_are_read_in_place_and_stay_exact(opencl32, cpu, monkeypatch):
+    """Returned states live in page-locked memory; passed back unchanged they are DMA'd as they
+    are (no packing), with or without chunking, and are never overwritten while held."""
+    from wyoming_oww_rk3588.backends import opencl_plan
+
+    rng = np.random.default_rng(9)
+    mel = [rng.uniform(-1, 4, (24, 8, 32)).astype(np.float32) for _ in range(4)]
+    ours = theirs = [np.zeros((24, *s), np.float32) for s in opencl32.layout.state_shapes]
+    for step, chunk_min in enumerate((10**9, 10**9, 6, 6)):
+        monkeypatch.setattr(opencl_plan, "CHUNK_MIN", chunk_min)
+        assert step == 0 or all(opencl32._pinned.holds(s) for s in ours)
+        before = [s.copy() for s in ours]
+        e_ours, new = opencl32.embed_step(mel[step], ours)
+        assert all(np.array_equal(b, s) for b, s in zip(before, ours)), "inputs held by the caller changed"
+        e_theirs, theirs = cpu.embed_step(mel[step], theirs)
+        assert np.abs(e_ours - e_theirs).max() <= FP32_TOLERANCE
+        assert all(np.abs(a - b).max() <= FP32_TOLERANCE for a, b in zip(new, theirs))
+        ours = new

@@ -38,7 +38,7 @@ def allowed_error(precision: str, scale: float) -> float:
 #: Streams per kernel launch at most (int32 indexing and device memory stay bounded).
 MAX_CAPACITY = 1 << 16
 #: Batches up to this size use the latency tiling (few memory round trips per layer).
-LATENCY_MAX_BATCH = 64
+LATENCY_MAX_BATCH = 512
 
 
 def _pow2_at_least(n: int) -> int:

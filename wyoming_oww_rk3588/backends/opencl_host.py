@@ -49,6 +49,15 @@ class PinnedArrays:
 
     def __init__(self, cl, context, queue) -> None:
         self._cl, self._context, self._queue = cl, context, queue
+        self._ranges: list[tuple[int, int]] = []  # [start, end) addresses of page-locked arrays
+
+    def holds(self, array: np.ndarray) -> bool:
+        """True when `array` is contiguous float32 inside one of these page-locked arrays (say,
+        states this backend returned and the caller passed back): it can be DMA'd as it is."""
+        if not (isinstance(array, np.ndarray) and array.dtype == np.float32 and array.flags.c_contiguous):
+            return False
+        start = array.__array_interface__["data"][0]
+        return any(lo <= start and start + array.nbytes <= hi for lo, hi in self._ranges)
 
     def new(self, floats: int) -> np.ndarray:
         cl, floats = self._cl, max(int(floats), 1)
@@ -58,6 +67,9 @@ class PinnedArrays:
                                              (floats,), np.float32)
         except cl.Error:
             array = np.empty(floats, np.float32)
+        else:
+            start = array.__array_interface__["data"][0]
+            self._ranges.append((start, start + array.nbytes))
         array[:: 1024] = 0  # fault every page in now, not during a step
         return array
 

@@ -65,6 +65,28 @@ class Plan:
             yield kernel, groups * tiling.work_group, tiling.work_group
 
 
+def _upload(owner, plan: Plan, queue, inputs: list[np.ndarray], start: int, stop: int) -> list:
+    """Copy rows [start, stop) of every input segment into the chunk's input block. Segments
+    already in page-locked memory (states this backend returned) go by DMA as they are; the
+    rest are packed into the page-locked staging area first."""
+    cl, n = owner._cl, stop - start
+    rows = [a[start:stop] for a in inputs]
+    base = start * plan.in_floats
+    direct = [owner._pinned.holds(r) for r in rows]
+    if not any(direct):  # one packed block, one DMA
+        block = plan.staging[base : base + n * plan.in_floats]
+        pack(rows, block)
+        return [cl.enqueue_copy(queue, plan.in_buf, block, dst_offset=4 * base, is_blocking=False)]
+    events, offset = [], base
+    for segment, size, pinned in zip(rows, plan.in_sizes, direct):
+        source = segment if pinned else plan.staging[offset : offset + n * size]
+        if not pinned:
+            pack([segment], source)
+        events.append(cl.enqueue_copy(queue, plan.in_buf, source, dst_offset=4 * offset, is_blocking=False))
+        offset += n * size
+    return events
+
+
 def run(owner, plan: Plan, batch: int, inputs: list[np.ndarray]) -> np.ndarray:
     """Run `batch` streams (inputs: one [batch, ...] array per input segment) and return the flat
     output [seg_0 of all streams | seg_1 | ...] in a page-locked array nobody else holds."""
@@ -73,9 +95,7 @@ def run(owner, plan: Plan, batch: int, inputs: list[np.ndarray]) -> np.ndarray:
     chunks = max(1, min(CHUNKS_MAX, batch // CHUNK_MIN))
     if chunks == 1:  # one in-order queue: the least latency
         plan.bind(batch)
-        staging = plan.staging[: batch * plan.in_floats]
-        pack(inputs, staging)
-        cl.enqueue_copy(owner.queue, plan.in_buf, staging, is_blocking=False)
+        _upload(owner, plan, owner.queue, inputs, 0, batch)
         for kernel, size, group in plan.launches(batch):
             owner._launch(kernel, size, group)
         cl.enqueue_copy(owner.queue, result, plan.out_buf, is_blocking=True)
@@ -84,12 +104,8 @@ def run(owner, plan: Plan, batch: int, inputs: list[np.ndarray]) -> np.ndarray:
     edges = np.linspace(0, batch, chunks + 1).astype(int)
     for start, stop in zip(edges[:-1], edges[1:]):
         n = int(stop - start)
-        block_in = slice(start * plan.in_floats, stop * plan.in_floats)
-        pack([a[start:stop] for a in inputs], plan.staging[block_in])  # overlaps the previous chunk's DMA
-        upload = cl.enqueue_copy(owner.queue_up, plan.in_buf, plan.staging[block_in],
-                                 dst_offset=4 * block_in.start, is_blocking=False)
+        wait = _upload(owner, plan, owner.queue_up, inputs, int(start), int(stop))  # packing overlaps DMA
         plan.bind(n, int(start))
-        wait = [upload]
         for kernel, size, group in plan.launches(n):
             done = owner._launch(kernel, size, group, wait_for=wait)
             wait = None
