@@ -131,7 +131,7 @@ class OpenClFeatures:
             if work_group == 1 or self._kernel_fits(program, ["melspectrogram"], [work_group]):
                 break
             work_group //= 2
-        self._mel_program, self._mel_group = program, work_group
+        self._mel_program, self._mel_group, self._mel_bound = program, work_group, None
         self._mel_kernel = self._cl.Kernel(program, "melspectrogram")
         lo, hi = spec.nonzero_bins()
         fft = defines["MEL_FFT"] == 1
@@ -151,14 +151,14 @@ class OpenClFeatures:
         mt = int(self._tiles.get("mt", 32))
         while True:
             tilings = [K.choose_tiling(lay, dev.max_work_group, dev.local_mem, rm=int(self._tiles.get("rm", 4)),
-                                       mt=mt, latency=latency) for lay in layers]
+                                       mt=mt, latency=latency, rn=int(self._tiles.get("rn", 3))) for lay in layers]
             source = K.conv_program_source(layers, tilings, prefix, self.precision == "fp16", self.half_math)
             program = build_program(self._cl, self.context, source, [], "embedding")
             names = [f"{prefix}{i}" for i in range(len(layers))]
             if mt == 1 or self._kernel_fits(program, names, [t.work_group for t in tilings]):
                 self._tilings[prefix] = tilings
                 return prefix, program
-            if latency:  # the latency tiles are already small: use the throughput ones
+            if latency and mt <= 2:  # even small latency tiles do not fit: use the throughput ones
                 return self._build_conv(which, latency=False)
             mt //= 2
 
@@ -202,7 +202,9 @@ class OpenClFeatures:
             in_buf, out_buf, staging, outputs = self._mel_io(audio.size, batch * frames * K.MEL_BINS)
             pack([audio], staging[: audio.size])
             self._cl.enqueue_copy(self.queue, in_buf, staging[: audio.size], is_blocking=False)
-            self._mel_kernel.set_args(in_buf, np.int32(samples), np.int32(frames), *self._mel_consts, out_buf)
+            if self._mel_bound != (in_buf, out_buf, samples, frames):
+                self._mel_kernel.set_args(in_buf, np.int32(samples), np.int32(frames), *self._mel_consts, out_buf)
+                self._mel_bound = (in_buf, out_buf, samples, frames)
             self._launch(self._mel_kernel, batch * self._mel_group, self._mel_group)
             out = outputs.take(batch * frames * K.MEL_BINS).reshape(batch, frames, K.MEL_BINS)
             self._cl.enqueue_copy(self.queue, out, out_buf, is_blocking=True)

@@ -209,10 +209,10 @@ class Tiling:
         return self.mt * self.nt
 
 
-def latency_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, mt: int = 8) -> Tiling | None:
-    """Small tiles for small batches: 1 row x 3 channels per work-item and K-chunks as deep as
-    local memory allows, so a layer costs a few memory round trips (batch 1 is latency-bound)."""
-    nt = layer.cout // 3 if layer.cout % 3 == 0 else layer.cout
+def latency_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, mt: int = 8, rn: int = 3) -> Tiling | None:
+    """Small tiles for small batches: 1 row x `rn` channels per work-item and K-chunks as deep
+    as local memory allows, so a layer costs a few memory round trips (batch 1 is latency-bound)."""
+    nt = layer.cout // rn if layer.cout % rn == 0 else layer.cout
     while mt > 1 and mt * nt > max_work_group:
         mt //= 2
     if mt * nt > max_work_group:
@@ -226,10 +226,10 @@ def latency_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, mt: in
 
 
 def choose_tiling(layer: ConvLayer, max_work_group: int, local_mem: int, rm: int = 4, mt: int = 32,
-                  latency: bool = False) -> Tiling:
+                  latency: bool = False, rn: int = 3) -> Tiling:
     """Tiles that fit the device: work-group <= its limit, local tiles <= half its local memory."""
     if latency:
-        tiling = latency_tiling(layer, max_work_group, local_mem)
+        tiling = latency_tiling(layer, max_work_group, local_mem, mt=min(mt, 8), rn=rn)
         if tiling is not None:
             return tiling
     nt = next(n for n in (8, 6, 4, 3, 2, 1) if layer.cout % n == 0)
