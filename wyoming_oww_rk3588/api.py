@@ -17,28 +17,23 @@ from .backends.select import backends_for_framework, cpu_features_factory, selec
 from .detector import DetectorConfig
 from .engine import Engine
 from .features import EMBEDDING_DIM, FRAME_SAMPLES, MEL_FRAMES_PER_STEP, WINDOW_FRAMES, FeaturePipeline, scale_mel
-from .models.registry import ModelInfo, ModelRegistry, read_head
+from .errors import ModelError
+from .models.registry import ModelInfo, ModelRegistry, normalize_name, read_head
+from .verifier import DEFAULT_VERIFIER_THRESHOLD, bind_verifiers
 
 _LOGGER = logging.getLogger(__name__)
-
-
-def _unsupported_stage(vad_threshold: float, enable_speex_noise_suppression: bool) -> None:
-    if vad_threshold and vad_threshold > 0:
-        raise ValueError(
-            "vad_threshold > 0 needs the Silero VAD stage, which this version does not have yet; use vad_threshold=0"
-        )
-    if enable_speex_noise_suppression:
-        raise ValueError(
-            "enable_speex_noise_suppression needs the speexdsp stage, which this version does not have yet; "
-            "use enable_speex_noise_suppression=False"
-        )
 
 
 class Model:
     """Wake-word scores per 80 ms of int16 audio, like `openwakeword.Model`.
 
     `wakeword_models`: names ("alexa", "okay_nabu", "alexa_v0.1") or paths of your own
-    .onnx/.tflite heads; empty means every built-in model.
+    .onnx/.tflite heads; empty means every built-in model. `vad_threshold` (0 = off) zeroes
+    scores when Silero VAD heard no speech 0.32-0.48 s earlier; `enable_speex_noise_suppression`
+    needs the `speex` extra; `custom_verifier_models` maps model names to `.verifier.npz` files
+    (convert openWakeWord's pickles with `python -m wyoming_oww_rk3588.verifier convert`), used
+    for scores >= `custom_verifier_threshold`. VAD and verifiers work per 80 ms step, so calls of
+    1280 samples give openWakeWord's scores; other sizes give the best step's.
     """
 
     def __init__(
@@ -47,32 +42,42 @@ class Model:
         inference_framework: str = "auto",
         vad_threshold: float = 0.0,
         enable_speex_noise_suppression: bool = False,
+        custom_verifier_models: dict[str, str | Path] | None = None,
+        custom_verifier_threshold: float = DEFAULT_VERIFIER_THRESHOLD,
         custom_model_dirs: Sequence[str | Path] = (),
         threshold: float = 0.5,
         ncpu: int = 1,
         **kwargs,
     ) -> None:
-        _unsupported_stage(vad_threshold, enable_speex_noise_suppression)
         features, heads = backends_for_framework(inference_framework)
         registry = ModelRegistry(custom_dirs=custom_model_dirs)
-        self._engine = Engine(
-            registry,
-            features_backend=kwargs.pop("features_backend", features),
-            heads_backend=kwargs.pop("heads_backend", heads),
-            detector=DetectorConfig(threshold=threshold),
-            threads=ncpu,
-        )
-        if kwargs:
-            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
         chosen: list[tuple[str, ModelInfo]] = []
         for name in wakeword_models or registry.names():
             # Local paths are the caller's own choice here; the server only ever takes names.
             info = read_head(Path(name)) if os.path.isfile(name) else registry.resolve(name)
             chosen.append((info.name, info))
         self.models = {info.name: info for _, info in chosen}
+        self._engine = Engine(
+            registry,
+            features_backend=kwargs.pop("features_backend", features),
+            heads_backend=kwargs.pop("heads_backend", heads),
+            detector=DetectorConfig(threshold=threshold, vad_threshold=vad_threshold),
+            threads=ncpu,
+            noise_suppression=enable_speex_noise_suppression,
+            verifiers=bind_verifiers(dict(custom_verifier_models or {}), self._loaded_model),
+            verifier_threshold=custom_verifier_threshold,
+        )
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {', '.join(kwargs)}")
         self._stream = self._engine.open_stream(chosen)
         self._last: dict[str, float] = {label: 0.0 for info in self.models.values() for label in info.labels}
         _LOGGER.info("Backends: features=%s heads=%s", *self.backends.values())
+
+    def _loaded_model(self, name: str) -> ModelInfo:
+        info = self.models.get(normalize_name(name))  # "alexa_v0.1", openWakeWord's key, is "alexa"
+        if info is None:
+            raise ModelError(f"custom verifier for {name!r} matches no loaded model; loaded: {', '.join(self.models)}")
+        return info
 
     @property
     def backends(self) -> dict[str, str]:

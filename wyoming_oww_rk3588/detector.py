@@ -1,4 +1,5 @@
 """Scores -> detections: threshold, trigger level and refractory period, all in audio time.
+The VAD gate (`vad_threshold`, applied in vad.py) zeroes scores before they reach it.
 
 Time is counted in 80 ms steps of the stream's own audio, never the wall clock, so a
 replayed file behaves exactly like live audio.
@@ -23,8 +24,12 @@ class DetectorConfig:
     refractory_s: float = DEFAULT_REFRACTORY_S
     #: Per-model (or per-label) threshold overrides, keyed by canonical name.
     thresholds: dict[str, float] = field(default_factory=dict)
+    #: Silero VAD speech probability under which scores are zeroed; 0 turns the VAD off.
+    vad_threshold: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.vad_threshold) < 1.0:
+            raise ValueError(f"VAD threshold must be in [0, 1) (0 = off), got {self.vad_threshold}")
         for name, value in {"threshold": self.threshold, **self.thresholds}.items():
             if not 0.0 < float(value) <= 1.0:
                 raise ValueError(f"threshold for {name} must be in (0, 1], got {value}")

@@ -1,23 +1,28 @@
 """The engine: one per process, owns the backends, advances all streams in batched steps.
 
 Each round takes one ready 80 ms frame from every stream that has one and runs each stage
-once for all of them (one features batch, one call per wake-word model), then the
-detectors. Connections never run models themselves.
+once for all of them (VAD and noise suppression where streams turned them on, one features
+batch, one call per wake-word model and verifier), then the detectors. Connections never
+run models themselves.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from .backends.select import cpu_features_factory, select_features, select_heads
+from .denoise import NoiseSuppressor, speex_factory, suppress_noise
 from .detector import Detection, DetectorConfig, update
 from .features import FeaturePipeline
 from .heads import HeadRunner
 from .models.registry import ModelInfo, ModelRegistry
 from .stream import StreamState
+from .vad import VadStage
+from .verifier import DEFAULT_VERIFIER_THRESHOLD, Verifier
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -32,11 +37,21 @@ class Engine:
         threads: int = 1,
         precision: str = "fp32",
         rknn_options: dict | None = None,
+        noise_suppression: bool = False,
+        verifiers: dict[str, Verifier] | None = None,
+        verifier_threshold: float = DEFAULT_VERIFIER_THRESHOLD,
     ) -> None:
         from .backends.cpu import CpuHeads
 
         self.registry = registry or ModelRegistry()
         self.detector = detector or DetectorConfig()
+        self._threads = threads
+        self._vad_lock = threading.Lock()
+        self.vad = VadStage(threads) if self.detector.vad_threshold > 0 else None
+        # Checked here, so a missing binding stops the start with one line, not the first stream.
+        self._speex = speex_factory() if noise_suppression else None
+        self.verifiers = dict(verifiers or {})  # canonical model name -> Verifier
+        self.verifier_threshold = verifier_threshold
         backend, self.features_reason = select_features(features_backend, threads=threads, precision=precision)
         self.features = FeaturePipeline(backend, fallback_factory=cpu_features_factory(threads))
         self.heads = HeadRunner(
@@ -60,10 +75,16 @@ class Engine:
         """A fresh stream listening to `models` ((asked name, model) pairs)."""
         self.preload(info for _, info in models)
         history = max((info.window for _, info in models), default=1)
+        detector = detector or self.detector
+        if detector.vad_threshold > 0 and self.vad is None:
+            with self._vad_lock:
+                self.vad = self.vad or VadStage(self._threads)
         return StreamState(
             models=list(models),
             features=self.features.new_state(history),
-            detector=detector or self.detector,
+            detector=detector,
+            vad=VadStage.new_state(detector.vad_threshold) if detector.vad_threshold > 0 else None,
+            denoiser=NoiseSuppressor(self._speex) if self._speex is not None else None,
         )
 
     def process(
@@ -79,6 +100,10 @@ class Engine:
                 break
             rounds += 1
             frames = np.stack([s.take_frame() for s in ready])
+            if self.vad is not None:
+                self.vad.step(ready, frames)  # on the audio as it came, as openWakeWord does
+            if self._speex is not None:
+                frames = suppress_noise(ready, frames)
             self.features.step([s.features for s in ready], frames)
             self._score(ready, detections)
         return detections
@@ -92,10 +117,14 @@ class Engine:
         for info, listeners in members.values():
             windows = self._windows(info.window, [s for s, _ in listeners], histories)
             scores = self.heads.score(info, windows)
+            verifier = self.verifiers.get(info.name)
+            if verifier is not None:
+                scores = verifier.rescore(scores, windows, info.label_columns, self.verifier_threshold)
             for (stream, asked), row in zip(listeners, scores):
                 labels = stream.labels
+                muted = stream.vad is not None and stream.vad.muted
                 for label, column in zip(info.labels, info.label_columns):
-                    score = float(row[column])
+                    score = 0.0 if muted else float(row[column])
                     stream.scores[label] = score
                     # Fast path: a low score on a quiet label changes no detector state.
                     if score < stream.detector.threshold_for(info.name, label) and label not in labels:

@@ -1,4 +1,5 @@
-"""One audio stream's state, as plain data: pending samples, features buffers, detector counters."""
+"""One audio stream's state, as plain data: pending samples, features buffers, detector counters,
+and the optional stages' state (VAD, noise suppressor)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from .detector import DetectorConfig, LabelState
 from .features import FRAME_SAMPLES, FeatureState
 from .models.registry import ModelInfo
+from .vad import VadState
 
 
 @dataclass
@@ -20,6 +22,8 @@ class StreamState:
     scores: dict[str, float] = field(default_factory=dict)  # latest score per label
     chunks: list[np.ndarray] = field(default_factory=list)  # int16 samples not yet framed
     pending_samples: int = 0
+    vad: VadState | None = None  # VAD gate on: Silero LSTM state and recent speech scores
+    denoiser: object | None = None  # noise suppression on: this stream's speex suppressor
 
     def add_samples(self, samples: np.ndarray) -> None:
         if len(samples):
