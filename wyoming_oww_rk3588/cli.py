@@ -10,6 +10,7 @@ from pathlib import Path
 from . import __version__
 from .backends.select import FEATURE_BACKENDS, HEAD_BACKENDS
 from .detector import DEFAULT_REFRACTORY_S, DEFAULT_THRESHOLD, DEFAULT_TRIGGER_LEVEL
+from .verifier import DEFAULT_VERIFIER_THRESHOLD
 
 DEFAULT_URI = "tcp://0.0.0.0:10400"
 DEFAULT_ZEROCONF_NAME = "openWakeWord-rk3588"
@@ -25,6 +26,10 @@ class Settings:
     trigger_level: int = DEFAULT_TRIGGER_LEVEL
     refractory_seconds: float = DEFAULT_REFRACTORY_S
     model_thresholds: dict[str, float] = field(default_factory=dict)
+    vad_threshold: float = 0.0  # 0 = VAD gate off
+    noise_suppression: bool = False
+    custom_verifiers: dict[str, Path] = field(default_factory=dict)  # model name -> .verifier.npz
+    custom_verifier_threshold: float = DEFAULT_VERIFIER_THRESHOLD
     features_backend: str = "auto"
     heads_backend: str = "auto"
     precision: str = "fp32"
@@ -57,6 +62,27 @@ def _unit_interval(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
     return value
+
+
+def _probability(text: str, below_one: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0 or (below_one and value == 1.0):
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, {'1)' if below_one else '1]'}")
+    return value
+
+
+def _vad_threshold(text: str) -> float:
+    return _probability(text, below_one=True)  # 1 would zero every score: speech never scores 1
+
+
+def _custom_verifier(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH")
+    return name, Path(path)
 
 
 def _positive_int(text: str) -> int:
@@ -121,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="consecutive 80 ms frames over the threshold needed to fire")
     add("--refractory-seconds", type=_seconds, default=DEFAULT_REFRACTORY_S,
         help="audio seconds after a detection during which the same stream cannot fire again")
+    add("--vad-threshold", type=_vad_threshold, default=0.0, metavar="P",
+        help="zero scores unless Silero VAD heard speech (probability >= P) just before; 0 = off, else in (0, 1)")
+    add("--noise-suppression", action="store_true",
+        help="speex noise suppression before the features, as openWakeWord's (needs the speex extra)")
+    add("--custom-verifier", type=_custom_verifier, action="append", default=[], metavar="NAME=PATH",
+        help="verifier model (.verifier.npz) for a wake word model (repeatable); NAME.verifier.npz files in "
+        "--custom-model-dir are used too")
+    add("--custom-verifier-threshold", type=_probability, default=DEFAULT_VERIFIER_THRESHOLD, metavar="T",
+        help=f"scores >= T are replaced by the model's verifier score (default {DEFAULT_VERIFIER_THRESHOLD})")
     add("--features-backend", choices=FEATURE_BACKENDS, default="auto",
         help="melspectrogram + embedding: auto (OpenCL GPU if it works, else CPU), cpu, opencl")
     add("--heads-backend", choices=HEAD_BACKENDS, default="auto",
@@ -150,6 +185,10 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         trigger_level=args.trigger_level,
         refractory_seconds=args.refractory_seconds,
         model_thresholds=dict(args.model_threshold),
+        vad_threshold=args.vad_threshold,
+        noise_suppression=args.noise_suppression,
+        custom_verifiers=dict(args.custom_verifier),
+        custom_verifier_threshold=args.custom_verifier_threshold,
         features_backend=args.features_backend,
         heads_backend=args.heads_backend,
         precision=args.precision,

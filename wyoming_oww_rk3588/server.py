@@ -16,10 +16,11 @@ from . import __version__
 from .cli import Settings
 from .detector import DetectorConfig
 from .engine import Engine
-from .errors import ModelError
+from .errors import BackendUnavailable, ModelError
 from .handler import WakeWordHandler
 from .models.registry import ModelInfo, ModelRegistry
 from .scheduler import EngineRunner
+from .verifier import Verifier, bind_verifiers, find_verifier_files
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -43,10 +44,14 @@ def build_engine(settings: Settings) -> tuple[Engine, dict[str, ModelInfo]]:
             trigger_level=settings.trigger_level,
             refractory_s=settings.refractory_seconds,
             thresholds={registry.resolve(n).name: t for n, t in settings.model_thresholds.items()},
+            vad_threshold=settings.vad_threshold,
         ),
         threads=settings.threads,
         precision=settings.precision,
         rknn_options=rknn_options,
+        noise_suppression=settings.noise_suppression,
+        verifiers=_verifiers(settings, registry),
+        verifier_threshold=settings.custom_verifier_threshold,
     )
     for name in settings.preload_models:
         registry.resolve(name)  # unknown -> ModelError at start
@@ -61,7 +66,23 @@ def build_engine(settings: Settings) -> tuple[Engine, dict[str, ModelInfo]]:
             _LOGGER.error("Model %s left out: %s", name, err)
     _LOGGER.info("Backends: features=%s heads=%s; models: %s",
                  engine.backends["features"], engine.backends["heads"], ", ".join(served))
+    if settings.vad_threshold or settings.noise_suppression or engine.verifiers:
+        _LOGGER.info("Optional stages: VAD gate %s; noise suppression %s; verifiers: %s",
+                     settings.vad_threshold or "off", "on" if settings.noise_suppression else "off",
+                     ", ".join(engine.verifiers) or "none")
     return engine, served
+
+
+def _verifiers(settings: Settings, registry: ModelRegistry) -> dict[str, Verifier]:
+    """Verifier files beside custom models (a bad one is logged and left out), then the
+    `--custom-verifier` ones (a bad one stops the start), which win for the same model."""
+    found: dict[str, Verifier] = {}
+    for name, path in find_verifier_files(settings.custom_model_dirs).items():
+        try:
+            found.update(bind_verifiers({name: path}, registry.resolve))
+        except ModelError as err:
+            _LOGGER.error("Verifier %s left out: %s", path.name, err)
+    return {**found, **bind_verifiers(settings.custom_verifiers, registry.resolve)}
 
 
 def build_info(models: dict[str, ModelInfo]) -> Info:
@@ -192,7 +213,7 @@ async def _shutdown(server, announcer, runner, stdio_task) -> None:
 def run(settings: Settings) -> int:
     try:
         engine, models = build_engine(settings)
-    except (ModelError, ValueError) as err:
+    except (ModelError, ValueError, BackendUnavailable) as err:
         _LOGGER.error("Cannot start: %s", err)
         return 2
     try:
