@@ -35,16 +35,26 @@ def padded(clip: np.ndarray, before_s: float = 1.0, after_s: float = 1.5) -> np.
     return audio[: len(audio) // FRAME_SAMPLES * FRAME_SAMPLES]
 
 
-def oww_model(stems: list[str]):
-    """openWakeWord 0.6.0 on the ONNX framework with the very files this package ships."""
+def oww_model(stems: list[str], **options):
+    """openWakeWord 0.6.0 on the ONNX framework with the very files this package ships;
+    `options` are its optional stages (vad_threshold, enable_speex_noise_suppression, ...)."""
+    import openwakeword
     from openwakeword.model import Model
 
-    return Model(
-        wakeword_models=[str(BUILTIN_DIR / f"{stem}.onnx") for stem in stems],
-        inference_framework="onnx",
-        melspec_model_path=str(BUILTIN_DIR / "melspectrogram.onnx"),
-        embedding_model_path=str(BUILTIN_DIR / "embedding_model.onnx"),
-    )
+    # Its VAD loads silero_vad.onnx from the package's resources folder, which the PyPI wheel
+    # leaves empty (models are downloaded there): point it at the same file, shipped here.
+    vad_class = openwakeword.VAD
+    openwakeword.VAD = lambda: vad_class(model_path=str(BUILTIN_DIR / "silero_vad.onnx"))
+    try:
+        return Model(
+            wakeword_models=[str(BUILTIN_DIR / f"{stem}.onnx") for stem in stems],
+            inference_framework="onnx",
+            melspec_model_path=str(BUILTIN_DIR / "melspectrogram.onnx"),
+            embedding_model_path=str(BUILTIN_DIR / "embedding_model.onnx"),
+            **options,
+        )
+    finally:
+        openwakeword.VAD = vad_class
 
 
 def _label(key: str) -> str:
@@ -57,9 +67,9 @@ def _label(key: str) -> str:
     return normalize_name(key)
 
 
-def oww_scores(audio: np.ndarray, stems: list[str]) -> list[dict[str, float]]:
+def oww_scores(audio: np.ndarray, stems: list[str], **options) -> list[dict[str, float]]:
     """Per-step scores from openWakeWord fed 1280-sample chunks, keyed by our labels."""
-    model = oww_model(stems)
+    model = oww_model(stems, **options)
     return [
         {_label(k): float(v) for k, v in model.predict(audio[i : i + FRAME_SAMPLES]).items()}
         for i in range(0, len(audio) - FRAME_SAMPLES + 1, FRAME_SAMPLES)
@@ -83,3 +93,29 @@ def engine_scores(engine, audios: list[np.ndarray], names: list[str]) -> list[li
         for i in live:
             out[i].append(dict(streams[i].scores))
     return out
+
+
+NOISES = ("white", "rumble", "hum", "babble")
+
+
+def noisy(name: str, noise: str, seed: int = 0, before_s: float = 2.5, after_s: float = 2.0) -> np.ndarray:
+    """A clip of tests/audio, padded, with seeded noise under all of it (padding included):
+    white, low rumble, mains hum, or babble (other clips reversed), at levels where the wake
+    word still scores, so VAD gates and noise suppression both have work to do."""
+    clip = padded(load_wav(name), before_s, after_s).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    n, t = len(clip), np.arange(len(clip)) / 16000
+    if noise == "white":
+        x = rng.normal(0, 600, n)
+    elif noise == "rumble":
+        x = np.cumsum(rng.normal(0, 60, n))
+        x -= np.convolve(x, np.ones(400) / 400, mode="same")  # keep it wandering around 0
+    elif noise == "hum":
+        x = sum(500 / k * np.sin(2 * np.pi * 50 * k * t + rng.uniform(0, 6.3)) for k in (1, 2, 3, 5))
+        x += rng.normal(0, 150, n)
+    elif noise == "babble":
+        others = [load_wav(p.name)[::-1] for p in sorted(AUDIO_DIR.glob("*.wav")) if p.name != name]
+        x = np.resize(np.concatenate(others), n).astype(np.float64) * 0.25
+    else:
+        raise ValueError(noise)
+    return np.clip(clip + x, -32768, 32767).astype(np.int16)
