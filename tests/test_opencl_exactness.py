@@ -220,9 +220,9 @@ def test_nothing_in_the_backend_copies_weights_out_of_the_onnx_files():
         assert np.array_equal(layer.weight, w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
 
 
-@pytest.mark.parametrize("mode", ["latency", "throughput"])
+@pytest.mark.parametrize("mode", ["narrow", "latency", "throughput"])
 def test_both_kernel_tilings_step_like_the_cpu(cpu, mode):
-    """Small batches use the latency tiling, large ones the throughput one: both are exact."""
+    """Each batch size picks a tiling (narrow, latency, throughput): every one is exact."""
     backend = OpenClFeatures(device="any", tiles={"mode": mode})
     rng = np.random.default_rng(11)
     states = [rng.normal(0, 1, (100, *s)).astype(np.float32) for s in backend.layout.state_shapes]

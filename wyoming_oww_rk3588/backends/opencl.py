@@ -37,8 +37,10 @@ def allowed_error(precision: str, scale: float) -> float:
     return TOLERANCE[precision] * (1.0 if precision == "fp32" else max(1.0, scale))
 #: Streams per kernel launch at most (int32 indexing and device memory stay bounded).
 MAX_CAPACITY = 1 << 16
-#: Batches up to this size use the latency tiling (few memory round trips per layer).
-LATENCY_MAX_BATCH = 512
+#: Tiling variant by batch capacity (measured on an H100): "n"arrow (1 channel per work-item)
+#: and "l"atency tiles keep small batches to a few memory round trips per layer; "t"hroughput
+#: tiles (4 rows x COUT/8 channels per work-item) reach ~37 % of fp32 peak on large ones.
+VARIANTS = (("n", 8), ("l", 512), ("t", MAX_CAPACITY))
 
 
 def _pow2_at_least(n: int) -> int:
@@ -93,7 +95,7 @@ class OpenClFeatures:
             self._upload_weights()
             self._tiles = tiles or {}
             self._tilings: dict[str, list[K.Tiling]] = {}
-            self._programs = {"step_l": self._build_conv("step", latency=True)}  # prefix -> (prefix, program)
+            self._programs = {"step_n": self._build_conv("step", "n")}  # name -> (built prefix, program)
         except cl.Error as err:
             raise BackendUnavailable(f"OpenCL setup failed on {self.device.label} ({err}); use cpu") from err
         per_stream = 4 * (self._layers["step"][0].in_size + K.EMBEDDING_DIM) + 8 * sum(sizes) + \
@@ -144,14 +146,16 @@ class OpenClFeatures:
         ]
         self.mel_method = "fft" if fft else "dft"
 
-    def _build_conv(self, which: str, latency: bool):
-        """The program for `which` layers ("step" | "window") in latency (small batches) or
-        throughput tiling, kernels `{which}_{l|t}{index}`; tiles shrink until the device takes them."""
-        layers, dev, prefix = self._layers[which], self.device, f"{which}_{'l' if latency else 't'}"
+    def _build_conv(self, which: str, variant: str):
+        """The program for `which` layers ("step" | "window") in one tiling variant ("n"arrow or
+        "l"atency for small batches, "t"hroughput), kernels `{which}_{variant}{index}`; tiles
+        shrink until the device takes them. Returns (the variant's prefix, program)."""
+        layers, dev, prefix = self._layers[which], self.device, f"{which}_{variant}"
+        latency, rn = variant != "t", int(self._tiles.get("rn", 1 if variant == "n" else 3))
         mt = int(self._tiles.get("mt", 32))
         while True:
             tilings = [K.choose_tiling(lay, dev.max_work_group, dev.local_mem, rm=int(self._tiles.get("rm", 4)),
-                                       mt=mt, latency=latency, rn=int(self._tiles.get("rn", 3))) for lay in layers]
+                                       mt=mt, latency=latency, rn=rn) for lay in layers]
             source = K.conv_program_source(layers, tilings, prefix, self.precision == "fp16", self.half_math)
             program = build_program(self._cl, self.context, source, [], "embedding")
             names = [f"{prefix}{i}" for i in range(len(layers))]
@@ -159,18 +163,18 @@ class OpenClFeatures:
                 self._tilings[prefix] = tilings
                 return prefix, program
             if latency and mt <= 2:  # even small latency tiles do not fit: use the throughput ones
-                return self._build_conv(which, latency=False)
+                return self._build_conv(which, "t")
             mt //= 2
 
     def _plan(self, which: str, batch: int) -> Plan:
         capacity = min(self.max_capacity, _pow2_at_least(batch))
-        latency = self._tiles.get("mode", "latency" if capacity <= LATENCY_MAX_BATCH else "throughput") == "latency"
-        prefix = f"{which}_{'l' if latency else 't'}"
+        variant = next(v for v, most in VARIANTS if capacity <= most)
+        variant = {"narrow": "n", "latency": "l", "throughput": "t"}.get(self._tiles.get("mode"), variant)
         key = (which, capacity)
         if key not in self._plans:
-            if prefix not in self._programs:
-                self._programs[prefix] = self._build_conv(which, latency)
-            built, program = self._programs[prefix]
+            if f"{which}_{variant}" not in self._programs:
+                self._programs[f"{which}_{variant}"] = self._build_conv(which, variant)
+            built, program = self._programs[f"{which}_{variant}"]
             # Keep the newest few plans: the engine's batch size changes only as streams come and go.
             for old in [k for k in self._plans if k[0] == which][: -2 or None]:
                 del self._plans[old]
