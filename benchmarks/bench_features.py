@@ -218,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.tile_batches or [max(args.batches + args.gpu_batches)]:
             batch = min(batch, backend.max_capacity)
             mel_s, emb_s = backend.time_device_step(batch, iterations=max(3, int(2000 / batch) + 3))
+            whole = timed(streaming_step(backend, batch), args.min_time)
             lines.append(f"tiles {spec}: batch {batch}, embedding kernels {emb_s * 1e3:.3f} ms/step "
-                         f"({STEP_S / (mel_s + emb_s) * batch:.0f} RT streams device-only)")
+                         f"({STEP_S / (mel_s + emb_s) * batch:.0f} RT streams device-only), "
+                         f"whole step through the API {whole * 1e3:.3f} ms")
             print(lines[-1], flush=True)
         backend.close()
     if args.profile_batch:

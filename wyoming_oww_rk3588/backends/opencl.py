@@ -41,6 +41,7 @@ MAX_CAPACITY = 1 << 16
 #: and "l"atency tiles keep small batches to a few memory round trips per layer; "t"hroughput
 #: tiles (4 rows x COUT/8 channels per work-item) reach ~37 % of fp32 peak on large ones.
 VARIANTS = (("n", 8), ("l", 512), ("t", MAX_CAPACITY))
+FLUSH_EVERY = 4
 
 
 def _pow2_at_least(n: int) -> int:
@@ -94,6 +95,9 @@ class OpenClFeatures:
             self._build_mel()
             self._upload_weights()
             self._tiles = tiles or {}
+            # Flush the queue every this many kernels of a small batch, so the device starts
+            # while the rest is still being enqueued (some drivers hold commands until a read).
+            self.flush_every = int(self._tiles.get("flush", FLUSH_EVERY))
             self._tilings: dict[str, list[K.Tiling]] = {}
             self._programs = {"step_n": self._build_conv("step", "n")}  # name -> (built prefix, program)
         except cl.Error as err:

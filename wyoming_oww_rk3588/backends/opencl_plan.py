@@ -96,8 +96,10 @@ def run(owner, plan: Plan, batch: int, inputs: list[np.ndarray]) -> np.ndarray:
     if chunks == 1:  # one in-order queue: the least latency
         plan.bind(batch)
         _upload(owner, plan, owner.queue, inputs, 0, batch)
-        for kernel, size, group in plan.launches(batch):
+        for i, (kernel, size, group) in enumerate(plan.launches(batch)):
             owner._launch(kernel, size, group)
+            if owner.flush_every and i % owner.flush_every == 0:
+                owner.queue.flush()  # start the device now, not at the final read
         cl.enqueue_copy(owner.queue, result, plan.out_buf, is_blocking=True)
         return result
     downloads = []
