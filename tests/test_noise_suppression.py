@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from reference import AUDIO_DIR, CPU_TOLERANCE, NOISES, first_exact_step, noisy, oww_model
-from test_vad import HEADS, STEMS, oww_run
+from test_vad import HEADS, oww_run
 from wyoming_oww_rk3588.cli import parse_settings
 from wyoming_oww_rk3588.denoise import NoiseSuppressor, speex_factory
 from wyoming_oww_rk3588.detector import DetectorConfig
