@@ -28,13 +28,13 @@ RUN \
     && rm -rf /var/lib/apt/lists/*
 
 # The package with the runtime extras of the arch: aarch64 gets the GPU (pyopencl) and NPU
-# (rknn-toolkit-lite2, aarch64 only) backends; both get tflite for users' .tflite heads.
+# (rknn-toolkit-lite2, aarch64 only) backends; both get tflite (users' .tflite heads) and speex.
 WORKDIR /usr/src/wyoming-oww-rk3588
 COPY pyproject.toml README.md ./
 COPY wyoming_oww_rk3588 ./wyoming_oww_rk3588
 RUN \
-    extras="tflite" \
-    && if [ "${BUILD_ARCH}" = "aarch64" ]; then extras="opencl,rknn,tflite"; fi \
+    extras="speex,tflite" \
+    && if [ "${BUILD_ARCH}" = "aarch64" ]; then extras="opencl,rknn,speex,tflite"; fi \
     && python3 -m venv /opt/venv \
     && pip install --no-cache-dir ".[${extras}]" \
     && mkdir -p /etc/OpenCL/vendors \

@@ -51,7 +51,7 @@ def test_builds_from_build_yamls_base_image():
 def test_installs_the_package_with_extras_that_exist_for_each_arch():
     extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     named = re.findall(r'extras="([a-z,]+)"', DOCKERFILE)
-    assert named == ["tflite", "opencl,rknn,tflite"]  # amd64, then aarch64 (GPU and NPU backends)
+    assert named == ["speex,tflite", "opencl,rknn,speex,tflite"]  # amd64, then aarch64 (GPU and NPU backends)
     for group in named:
         assert set(group.split(",")) <= extras, group
     assert 'pip install --no-cache-dir ".[${extras}]"' in DOCKERFILE
