@@ -107,7 +107,8 @@ def profile_layers(backend, batch: int) -> list[str]:
     backend.time_device_step(batch, iterations=1)  # binds every kernel for this batch
     plan = backend._plan("step", batch)
     launches = [("mel", None, (backend._mel_kernel, batch * backend._mel_group, backend._mel_group))]
-    launches += [(f"conv{i}", layer, launch) for i, (layer, launch) in enumerate(zip(plan.layers, plan.launches(batch)))]
+    launches += [(f"conv{i}", layer, launch)
+                 for i, (layer, launch) in enumerate(zip(plan.layers, plan.launches(batch)))]
     for _ in range(2):  # the second pass is timed
         events = [cl.enqueue_nd_range_kernel(queue, k, (size,), (group,)) for _, _, (k, size, group) in launches]
         queue.finish()

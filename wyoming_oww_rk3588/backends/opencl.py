@@ -8,7 +8,6 @@ stream can move to the CPU backend at any step; a device error raises BackendFai
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from contextlib import contextmanager
@@ -24,8 +23,6 @@ from .opencl_device import build_program, choose_device, device_info
 from .opencl_host import OutputRing, PinnedArrays, pack
 from .opencl_plan import Plan, run
 
-_LOGGER = logging.getLogger(__name__)
-
 #: DESIGN.md's exactness contract: fp32 within 1e-3 absolute; fp16 within 2e-2, absolute on
 #: scores and relative to the embedding scale (max |embedding|, ~70) on embeddings, since half
 #: weights alone move embeddings of that size by ~0.1 (half's spacing at 64 is 0.06).
@@ -35,6 +32,8 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2}
 def allowed_error(precision: str, scale: float) -> float:
     """Largest embedding error the contract allows at `precision` for embeddings of size `scale`."""
     return TOLERANCE[precision] * (1.0 if precision == "fp32" else max(1.0, scale))
+
+
 #: Streams per kernel launch at most (int32 indexing and device memory stay bounded).
 MAX_CAPACITY = 1 << 16
 #: Tiling variant by batch capacity (measured on an H100): "n"arrow (1 channel per work-item)
@@ -52,8 +51,10 @@ class OpenClFeatures:
     """Melspectrogram and speech embedding as OpenCL kernels, batched and streaming.
 
     device: "gpu" (GPUs only), "any" or "auto" (a GPU first, else any device, e.g. PoCL);
-    PYOPENCL_CTX picks the device. precision: "fp32", or "fp16" (half storage of weights and
-    activations everywhere; half arithmetic too where the device has cl_khr_fp16).
+    PYOPENCL_CTX picks the device; `context` (a pyopencl Context) overrides both. precision:
+    "fp32", or "fp16" (half storage of weights and activations everywhere; half arithmetic too
+    where the device has cl_khr_fp16). `mel_fft=False` forces the direct-DFT mel kernel and
+    `tiles` overrides the tiling (benchmarks and tests only).
     """
 
     name = "opencl"
@@ -292,7 +293,8 @@ class OpenClFeatures:
         plan.bind(batch)
         times = []
         with self._lock, self._device_errors("time_device_step"):
-            for launches in ([(self._mel_kernel, batch * self._mel_group, self._mel_group)], list(plan.launches(batch))):
+            mel = [(self._mel_kernel, batch * self._mel_group, self._mel_group)]
+            for launches in (mel, list(plan.launches(batch))):
                 self.queue.finish()
                 start = time.perf_counter()
                 for _ in range(iterations):
