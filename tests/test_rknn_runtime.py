@@ -257,3 +257,28 @@ def test_an_npu_failure_mid_stream_moves_the_head_to_the_cpu_and_loses_no_detect
     assert engine.heads.names() == {"alexa": "cpu", "hey_mycroft": "rknn"}
     assert npu.count("inference", "hey_mycroft") == 1 + max(len(c) for c in clips) // 1280
     assert "alexa" in caplog.text
+
+
+def test_runtime_is_pointed_at_the_add_on_device_tree_when_proc_hides_it(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from wyoming_oww_rk3588.backends import rknn as rknn_backend
+
+    runtime = types.ModuleType("rknnlite.api.rknn_runtime")
+    runtime.DEVICE_COMPATIBLE_NODE = "/proc/device-tree/compatible"
+    api = types.ModuleType("rknnlite.api")
+    api.rknn_runtime = runtime
+    monkeypatch.setitem(sys.modules, "rknnlite", types.ModuleType("rknnlite"))
+    monkeypatch.setitem(sys.modules, "rknnlite.api", api)
+    monkeypatch.setitem(sys.modules, "rknnlite.api.rknn_runtime", runtime)
+    (tmp_path / "device-tree").mkdir()
+    (tmp_path / "device-tree" / "compatible").write_bytes(b"rockchip,rk3588\0")
+    rknn_backend._point_runtime_at_mapped_device_tree(tmp_path)
+    assert runtime.DEVICE_COMPATIBLE_NODE == str(tmp_path / "device-tree" / "compatible")
+    # where /proc shows it, the runtime is left alone
+    (tmp_path / "proc" / "device-tree").mkdir(parents=True)
+    (tmp_path / "proc" / "device-tree" / "compatible").write_bytes(b"rockchip,rk3588\0")
+    runtime.DEVICE_COMPATIBLE_NODE = "/proc/device-tree/compatible"
+    rknn_backend._point_runtime_at_mapped_device_tree(tmp_path)
+    assert runtime.DEVICE_COMPATIBLE_NODE == "/proc/device-tree/compatible"

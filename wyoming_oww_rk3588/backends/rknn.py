@@ -5,6 +5,7 @@ usable .rknn is declined by `unsupported_reason` and runs on the CPU."""
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import re
 import threading
@@ -28,7 +29,7 @@ LIBRKNNRT = "usr/lib/librknnrt.so"  # RKNNLite loads it from this path (relative
 #: Rockchip's runtime warns below this rknpu driver; docs/npu.md recommends 0.9.6 or newer.
 MIN_DRIVER = (0, 8, 8)
 _DRIVER_VERSION_FILES = ("sys/kernel/debug/rknpu/version", "proc/debug/rknpu/version")
-# Home Assistant maps the device tree of an add-on with `device_tree: true` at /device-tree.
+# Home Assistant maps the device tree of an add-on with `devicetree: true` at /device-tree.
 _COMPATIBLE_FILES = ("proc/device-tree/compatible", "device-tree/compatible")
 _CONVERT = "python -m wyoming_oww_rk3588.rknn convert --all --out {dir}"
 
@@ -60,6 +61,23 @@ def driver_version(root: Path = Path("/")) -> tuple[int, ...] | None:
     return None
 
 
+def _point_runtime_at_mapped_device_tree(root: Path = Path("/")) -> None:
+    """rknn-toolkit-lite2 reads /proc/device-tree/compatible itself, which an add-on container
+    hides; Home Assistant maps the same file at /device-tree (home-assistant/operating-system#3088).
+    The runtime keeps that path in a module global (`rknn_runtime.DEVICE_COMPATIBLE_NODE`, seen in
+    the 2.3.2 wheel), so point it there. Not yet verified on a board."""
+    proc, mapped = root / _COMPATIBLE_FILES[0], root / _COMPATIBLE_FILES[1]
+    if os.access(proc, os.R_OK) or not os.access(mapped, os.R_OK):
+        return
+    try:
+        from rknnlite.api import rknn_runtime
+    except ImportError:
+        return
+    if hasattr(rknn_runtime, "DEVICE_COMPATIBLE_NODE"):
+        rknn_runtime.DEVICE_COMPATIBLE_NODE = str(mapped)
+        _LOGGER.info("NPU runtime reads the board's identity from %s (container device tree)", mapped)
+
+
 def probe_board(root: Path = Path("/"), machine: str | None = None) -> None:
     """Raise BackendUnavailable with the fix when this is not an RK3588 the NPU runtime can use."""
     machine = machine or platform.machine()
@@ -74,7 +92,7 @@ def probe_board(root: Path = Path("/"), machine: str | None = None) -> None:
             continue
     if compatible is None:
         raise BackendUnavailable(
-            "cannot read /proc/device-tree/compatible; in a container, map it in (add-on: device_tree: true)"
+            "cannot read /proc/device-tree/compatible; in a container, map it in (add-on: devicetree: true)"
         )
     if b"rockchip,rk3588" not in compatible:
         board = compatible.replace(b"\0", b" ").decode(errors="replace").strip()
@@ -128,6 +146,7 @@ class RknnHeads:
                 raise BackendUnavailable(
                     f"rknn-toolkit-lite2 is not installed ({err}); pip install rknn-toolkit-lite2"
                 ) from err
+            _point_runtime_at_mapped_device_tree()
             runtime_factory = RKNNLite
         self._factory = runtime_factory
         self.core_mask = core_mask
