@@ -119,3 +119,26 @@ def noisy(name: str, noise: str, seed: int = 0, before_s: float = 2.5, after_s: 
     else:
         raise ValueError(noise)
     return np.clip(clip + x, -32768, 32767).astype(np.int16)
+
+
+def generated(kind: str, seconds: float = 5.0, seed: int = 0) -> np.ndarray:
+    """Generated int16 audio: silence, white noise, tones, or a speech-like harmonic signal."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 16000) // 1280 * 1280
+    t = np.arange(n) / 16000
+    if kind == "silence":
+        x = np.zeros(n)
+    elif kind == "noise":
+        x = rng.normal(0, 3000, n)
+    elif kind == "tones":
+        x = 8000 * np.sin(2 * np.pi * 440 * t) + 4000 * np.sin(2 * np.pi * (300 + 900 * t) * t)
+    elif kind == "speechlike":
+        # Harmonics of a gliding pitch, syllable-rate amplitude envelope, plus breath noise.
+        pitch = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
+        phase = 2 * np.pi * np.cumsum(pitch) / 16000
+        voiced = sum(np.sin(k * phase) / k for k in range(1, 15))
+        envelope = np.clip(np.sin(2 * np.pi * 3.5 * t), 0, None) ** 2
+        x = 9000 * voiced * envelope + rng.normal(0, 300, n)
+    else:
+        raise ValueError(kind)
+    return np.clip(x, -32768, 32767).astype(np.int16)

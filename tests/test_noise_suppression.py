@@ -8,9 +8,17 @@ import sys
 
 import numpy as np
 import pytest
-
-from reference import AUDIO_DIR, CPU_TOLERANCE, NOISES, first_exact_step, noisy, oww_model
+from reference import (
+    AUDIO_DIR,
+    CPU_TOLERANCE,
+    NOISES,
+    engine_scores,
+    first_exact_step,
+    noisy,
+    oww_model,
+)
 from test_vad import HEADS, oww_run
+
 from wyoming_oww_rk3588.cli import parse_settings
 from wyoming_oww_rk3588.denoise import NoiseSuppressor, speex_factory
 from wyoming_oww_rk3588.detector import DetectorConfig
@@ -26,20 +34,6 @@ def _speex_or_skip():
         return speex_factory()
     except BackendUnavailable as err:
         pytest.skip(f"speexdsp-ns cannot be installed here ({err}); bash .ci/install-speex.sh installs it")
-
-
-def _engine_run(engine: Engine, audios: list[np.ndarray]) -> list[list[dict[str, float]]]:
-    models = [(n, engine.registry.resolve(n)) for n in HEADS]
-    streams = [engine.open_stream(models) for _ in audios]
-    out = [[] for _ in audios]
-    for step in range(max(len(a) for a in audios) // FRAME_SAMPLES):
-        live = [i for i, a in enumerate(audios) if (step + 1) * FRAME_SAMPLES <= len(a)]
-        for i in live:
-            streams[i].add_samples(audios[i][step * FRAME_SAMPLES : (step + 1) * FRAME_SAMPLES])
-        engine.process([streams[i] for i in live])
-        for i in live:
-            out[i].append(dict(streams[i].scores))
-    return out
 
 
 def _worst(engine: Engine, ours: list[dict], ref: list[dict]) -> float:
@@ -73,7 +67,7 @@ def test_scores_match_openwakeword_with_noise_suppression_for_a_batch_of_noisy_s
     _speex_or_skip()
     engine = Engine(features_backend="cpu", heads_backend="cpu", noise_suppression=True)
     audios = [noisy(clip, NOISES[i % len(NOISES)], 20 + i) for i, clip in enumerate(CLIPS)]
-    for audio, ours in zip(audios, _engine_run(engine, audios)):
+    for audio, ours in zip(audios, engine_scores(engine, audios, HEADS)):
         ref, _ = oww_run(audio, enable_speex_noise_suppression=True)
         assert _worst(engine, ours, ref) <= CPU_TOLERANCE
 
@@ -81,8 +75,8 @@ def test_scores_match_openwakeword_with_noise_suppression_for_a_batch_of_noisy_s
 def test_noise_suppression_changes_the_scores_it_should():
     _speex_or_skip()
     audio = noisy("alexa_test.wav", "white", 5)
-    on = _engine_run(Engine(features_backend="cpu", heads_backend="cpu", noise_suppression=True), [audio])[0]
-    off = _engine_run(Engine(features_backend="cpu", heads_backend="cpu"), [audio])[0]
+    on = engine_scores(Engine(features_backend="cpu", heads_backend="cpu", noise_suppression=True), [audio], HEADS)[0]
+    off = engine_scores(Engine(features_backend="cpu", heads_backend="cpu"), [audio], HEADS)[0]
     assert max(abs(a["alexa"] - b["alexa"]) for a, b in zip(on, off)) > 0.05
 
 
@@ -91,7 +85,7 @@ def test_vad_hears_the_raw_audio_while_features_hear_the_denoised_audio_as_in_op
     engine = Engine(features_backend="cpu", heads_backend="cpu", noise_suppression=True,
                     detector=DetectorConfig(vad_threshold=0.5))
     audios = [noisy("hey_mycroft_test.wav", "babble", 2), noisy("okay_nabu.wav", "hum", 3)]
-    for audio, ours in zip(audios, _engine_run(engine, audios)):
+    for audio, ours in zip(audios, engine_scores(engine, audios, HEADS)):
         ref, _ = oww_run(audio, vad_threshold=0.5, enable_speex_noise_suppression=True)
         assert _worst(engine, ours, ref) <= CPU_TOLERANCE
 

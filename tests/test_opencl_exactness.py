@@ -11,37 +11,33 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from reference import (
+    engine_scores,
+    first_exact_step,
+    generated,
+    load_wav,
+    oww_scores,
+    padded,
+)
 
-from reference import engine_scores, first_exact_step, load_wav, oww_scores, padded
 from wyoming_oww_rk3588.backends.cpu import CpuFeatures, CpuHeads, make_session
 from wyoming_oww_rk3588.backends.opencl import OpenClFeatures, allowed_error
 from wyoming_oww_rk3588.features import FRAME_SAMPLES, FeaturePipeline, scale_mel
-from wyoming_oww_rk3588.models.registry import BUILTIN_DIR, ModelRegistry, builtin_feature_path
+from wyoming_oww_rk3588.models.registry import (
+    BUILTIN_DIR,
+    ModelRegistry,
+    builtin_feature_path,
+)
 
 FP32_TOLERANCE = 1e-3
 FP16_SCORE_TOLERANCE = 2e-2
 ONNX_HEADS = ["alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "timer", "weather"]
 
 
-def _generated(kind: str, seconds: float = 6.0, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    n = int(seconds * 16000) // FRAME_SAMPLES * FRAME_SAMPLES
-    t = np.arange(n) / 16000
-    if kind == "silence":
-        x = np.zeros(n)
-    elif kind == "noise":
-        x = rng.normal(0, 3000, n)
-    elif kind == "tones":
-        x = 8000 * np.sin(2 * np.pi * 440 * t) + 4000 * np.sin(2 * np.pi * (300 + 900 * t) * t)
-    else:
-        raise ValueError(kind)
-    return np.clip(x, -32768, 32767).astype(np.int16)
-
-
 CASES = {
     **{clip: (lambda clip=clip: padded(load_wav(clip), 2.5, 2.0))
        for clip in ("alexa_test.wav", "hey_mycroft_test.wav", "hey_jane.wav")},
-    **{kind: (lambda kind=kind: _generated(kind)) for kind in ("silence", "noise", "tones")},
+    **{kind: (lambda kind=kind: generated(kind, 6.0)) for kind in ("silence", "noise", "tones")},
 }
 
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from reference import (
+    CPU_TOLERANCE,
+    engine_scores,
+    first_exact_step,
+    generated,
+    load_wav,
+    oww_scores,
+    padded,
+)
 
-from reference import CPU_TOLERANCE, engine_scores, first_exact_step, load_wav, oww_scores, padded
 from wyoming_oww_rk3588.engine import Engine
 from wyoming_oww_rk3588.models.registry import ModelRegistry
 
@@ -13,34 +21,12 @@ ONNX_HEADS = ["alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "okay_nabu", 
 STEMS = [f"{name}_v0.1" for name in ONNX_HEADS]
 
 
-def _generated(kind: str, seconds: float = 5.0, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    n = int(seconds * 16000) // 1280 * 1280
-    t = np.arange(n) / 16000
-    if kind == "silence":
-        x = np.zeros(n)
-    elif kind == "noise":
-        x = rng.normal(0, 3000, n)
-    elif kind == "tones":
-        x = 8000 * np.sin(2 * np.pi * 440 * t) + 4000 * np.sin(2 * np.pi * (300 + 900 * t) * t)
-    elif kind == "speechlike":
-        # Harmonics of a gliding pitch, syllable-rate amplitude envelope, plus breath noise.
-        pitch = 120 + 40 * np.sin(2 * np.pi * 0.7 * t)
-        phase = 2 * np.pi * np.cumsum(pitch) / 16000
-        voiced = sum(np.sin(k * phase) / k for k in range(1, 15))
-        envelope = np.clip(np.sin(2 * np.pi * 3.5 * t), 0, None) ** 2
-        x = 9000 * voiced * envelope + rng.normal(0, 300, n)
-    else:
-        raise ValueError(kind)
-    return np.clip(x, -32768, 32767).astype(np.int16)
-
-
 CASES = {
     "alexa_test.wav": lambda: padded(load_wav("alexa_test.wav"), 2.5, 2.0),
     "hey_mycroft_test.wav": lambda: padded(load_wav("hey_mycroft_test.wav"), 2.5, 2.0),
     "hey_jane.wav": lambda: padded(load_wav("hey_jane.wav"), 2.5, 2.0),
     "okay_nabu.wav": lambda: padded(load_wav("okay_nabu.wav"), 2.0, 1.0),
-    **{kind: (lambda kind=kind: _generated(kind)) for kind in ("silence", "noise", "tones", "speechlike")},
+    **{kind: (lambda kind=kind: generated(kind)) for kind in ("silence", "noise", "tones", "speechlike")},
 }
 
 @pytest.fixture(scope="module")
@@ -73,7 +59,7 @@ def test_every_builtin_onnx_head_matches_openwakeword_per_frame(engine, case):
 
 def test_many_streams_of_different_loudness_in_one_batch_each_match_openwakeword(engine):
     base = padded(load_wav("alexa_test.wav"), 2.5, 1.5)
-    noise = _generated("speechlike", len(base) / 16000, seed=3)
+    noise = generated("speechlike", len(base) / 16000, seed=3)
     gains = [0.01, 0.05, 0.2, 1.0, 3.0]
     audios = [np.clip(base * g, -32768, 32767).astype(np.int16) for g in gains]
     audios += [np.clip(noise * g, -32768, 32767).astype(np.int16) for g in gains]
@@ -85,7 +71,7 @@ def test_many_streams_of_different_loudness_in_one_batch_each_match_openwakeword
 def test_timer_reports_openwakewords_default_class_keys(engine):
     from openwakeword.model import Model
 
-    audio = _generated("tones", 1.0)
+    audio = generated("tones", 1.0)
     ours = engine_scores(engine, [audio], ["timer"])[0]
     # openWakeWord's default (pre-trained names) class mapping for the timer model
     import openwakeword
