@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 
 from reference import load_wav, padded
 from wyoming_oww_rk3588.engine import Engine

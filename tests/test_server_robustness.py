@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.event import Event
-from wyoming.info import Describe
 from wyoming.wake import Detect, Detection
 
 from reference import load_wav, padded
