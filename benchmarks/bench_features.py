@@ -3,7 +3,8 @@
 One process, same inputs, ratios against the CPU. Rows per backend and batch: ms per step for
 the whole batch, us per stream, x vs CPU streaming, the real-time streams the device sustains at
 that batch (80 ms / step time * batch) and, for OpenCL, the fraction of the device's fp32 peak.
-OpenCL "device" rows time the kernels alone (inputs resident on the device, nothing copied back);
+OpenCL "fused" rows take the same step through `features_step` (one device round trip, as
+FeaturePipeline runs it on this backend); "device" rows time the kernels alone (inputs resident on the device, nothing copied back);
 the other OpenCL rows go through the backend's numpy interface (uploads, downloads, host copies).
 
 Run: python benchmarks/bench_features.py [--batches 1 8 64 512] [--gpu-batches 4096 32768]
@@ -85,6 +86,19 @@ def streaming_step(backend, batch: int):
     return step
 
 
+def fused_step(backend, batch: int):
+    """The same step through `features_step` (mel, x/10 + 2 and embedding in one device round
+    trip), as FeaturePipeline runs it on a backend that offers it."""
+    audio = inputs(batch)
+    states = [np.zeros((batch, *s), np.float32) for s in backend.layout.state_shapes]
+
+    def step():
+        nonlocal states
+        _, states = backend.features_step(audio, states)
+
+    return step
+
+
 def windowed_step(threads: int, batch: int):
     """openWakeWord's way: the mel model on the step's samples, the embedding on a 76-frame window."""
     mel_session = make_session(graphs.batched_mel(onnx.load(str(builtin_feature_path("melspectrogram")))), threads)
@@ -106,14 +120,14 @@ def profile_layers(backend, batch: int) -> list[str]:
                             properties=cl.command_queue_properties.PROFILING_ENABLE)
     backend.time_device_step(batch, iterations=1)  # binds every kernel for this batch
     plan = backend._plan("step", batch)
-    launches = [("mel", None, (backend._mel_kernel, batch * backend._mel_group, backend._mel_group))]
+    launches = [("mel", None, (backend._mel_kernel, (batch * backend._mel_group,), (backend._mel_group,)))]
     launches += [(f"conv{i}", layer, launch)
                  for i, (layer, launch) in enumerate(zip(plan.layers, plan.launches(batch)))]
     for _ in range(2):  # the second pass is timed
-        events = [cl.enqueue_nd_range_kernel(queue, k, (size,), (group,)) for _, _, (k, size, group) in launches]
+        events = [cl.enqueue_nd_range_kernel(queue, k, size, group) for _, _, (k, size, group) in launches]
         queue.finish()
     out = [f"per-kernel device time, {backend.precision}, batch {batch}:"]
-    for (name, layer, (_, size, group)), event in zip(launches, events):
+    for (name, layer, (_, _, (group,))), event in zip(launches, events):
         seconds = (event.profile.end - event.profile.start) * 1e-9
         what = ""
         if layer is not None:
@@ -206,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             if batch > backend.max_capacity:
                 continue
             row(f"opencl-{precision}", batch, timed(streaming_step(backend, batch), args.min_time), ref)
+            row(f"opencl-{precision}-fused", batch, timed(fused_step(backend, batch), args.min_time), ref)
             audio = inputs(batch)
             api_mel = timed(lambda: backend.melspectrogram(audio), args.min_time / 2)
             mel_s, emb_s = backend.time_device_step(batch, iterations=max(3, int(2000 / batch) + 3))

@@ -251,6 +251,7 @@ def test_states_passed_back_as_returned_are_read_in_place_and_stay_exact(opencl3
     are (no packing), with or without chunking, and are never overwritten while held."""
     from wyoming_oww_rk3588.backends import opencl_plan
 
+    monkeypatch.setattr(opencl_plan, "DIRECT_MIN_BYTES", 0)  # the in-place DMA also for 24 streams
     rng = np.random.default_rng(9)
     mel = [rng.uniform(-1, 4, (24, 8, 32)).astype(np.float32) for _ in range(4)]
     ours = theirs = [np.zeros((24, *s), np.float32) for s in opencl32.layout.state_shapes]
@@ -263,4 +264,31 @@ def test_states_passed_back_as_returned_are_read_in_place_and_stay_exact(opencl3
         e_theirs, theirs = cpu.embed_step(mel[step], theirs)
         assert np.abs(e_ours - e_theirs).max() <= FP32_TOLERANCE
         assert all(np.abs(a - b).max() <= FP32_TOLERANCE for a, b in zip(new, theirs))
+        ours = new
+
+
+@pytest.mark.parametrize("batch", [1, 5, 40])
+def test_the_fused_features_step_equals_mel_then_embed_step(opencl, monkeypatch, batch):
+    """features_step keeps the scaled mel on the device (one round trip); it gives what
+    melspectrogram + x/10 + 2 + embed_step give, reads states passed back in place, never
+    changes its inputs, and takes the two-call path for batches that are pipelined in chunks."""
+    from wyoming_oww_rk3588.backends import opencl_plan
+
+    if batch == 40:
+        monkeypatch.setattr(opencl_plan, "CHUNK_MIN", 8)
+    rng = np.random.default_rng(11)
+    audio = [np.round(rng.normal(0, 6000, (batch, 1760)) * rng.uniform(0, 1, (batch, 1))).astype(np.float32)
+             for _ in range(3)]
+    ours = theirs = [rng.normal(0, 1, (batch, *s)).astype(np.float32) for s in opencl.layout.state_shapes]
+    for step in range(3):
+        before = [s.copy() for s in ours]
+        e_ours, new = opencl.features_step(audio[step], ours)
+        assert all(np.array_equal(b, s) for b, s in zip(before, ours)), "inputs held by the caller changed"
+        e_theirs, theirs = opencl.embed_step(scale_mel(opencl.melspectrogram(audio[step])), theirs)
+        # Identical where the device divides x/10 correctly rounded (numpy's); else within ulps,
+        # which half storage can round apart by one half-ulp.
+        limit = 1e-4 if opencl.precision == "fp32" else allowed_error("fp16", float(np.abs(e_theirs).max()))
+        assert np.abs(e_ours - e_theirs).max() <= limit * max(1.0, float(np.abs(e_theirs).max()))
+        assert all(np.abs(a - b).max() <= limit * max(1.0, float(np.abs(b).max())) for a, b in zip(new, theirs))
+        theirs = [s.copy() for s in theirs]
         ours = new

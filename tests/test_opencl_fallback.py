@@ -185,3 +185,27 @@ def test_close_is_safe_to_call_twice(backend):
     backend.close()
     backend.close()
     assert opencl_module.TOLERANCE["fp32"] == 1e-3
+
+
+def test_the_fused_features_step_raises_backend_failed_on_device_errors_and_non_finite_mel(backend, monkeypatch):
+    import pyopencl as cl
+
+    states = [np.zeros((2, *s), np.float32) for s in backend.layout.state_shapes]
+    real = opencl_module.run_features
+
+    def nan_mel(*args):  # a device writing NaN into the mel it keeps (relu layers could hide it)
+        flat = real(*args)
+        args[-1][:] = np.nan
+        return flat
+
+    monkeypatch.setattr(opencl_module, "run_features", nan_mel)
+    with pytest.raises(BackendFailed, match="non-finite"):
+        backend.features_step(np.zeros((2, 1760), np.float32), states)
+    monkeypatch.setattr(opencl_module, "run_features", real)
+
+    def fail(*args, **kwargs):
+        raise cl.RuntimeError("clEnqueueNDRangeKernel failed: OUT_OF_RESOURCES")
+
+    monkeypatch.setattr(backend, "_launch", fail)
+    with pytest.raises(BackendFailed, match="OUT_OF_RESOURCES"):
+        backend.features_step(np.zeros((2, 1760), np.float32), states)

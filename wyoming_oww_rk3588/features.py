@@ -95,9 +95,15 @@ class FeaturePipeline:
             embeddings=np.tile(self.silence.embedding, (max(history, 1), 1)),
         )
 
+    def _call(self, method: str, *args):
+        if method == "features_step" and not hasattr(self.backend, method):  # optional, e.g. not on the CPU
+            audio, states = args
+            return self.backend.embed_step(scale_mel(self.backend.melspectrogram(audio)), states)
+        return getattr(self.backend, method)(*args)
+
     def _run(self, method: str, *args):
         try:
-            return getattr(self.backend, method)(*args)
+            return self._call(method, *args)
         except Exception as err:  # noqa: BLE001 - any accelerator failure moves work to CPU
             if self._fallback_factory is None or self.backend.name == "cpu":
                 raise
@@ -110,7 +116,7 @@ class FeaturePipeline:
                 failed.close()
             except Exception:  # noqa: BLE001 - the failed device may not close cleanly
                 pass
-            return getattr(self.backend, method)(*args)
+            return self._call(method, *args)
 
     def mel_steps(self, states: list[FeatureState], frames: np.ndarray) -> np.ndarray:
         """frames [B, 1280] int16 -> scaled mel [B, 8, 32] (per stream, per step clipping)."""
@@ -130,9 +136,14 @@ class FeaturePipeline:
 
     def step(self, states: list[FeatureState], frames: np.ndarray) -> np.ndarray:
         """Advance every stream by one 80 ms frame; returns the new embeddings [B, 96]."""
-        mel = self.mel_steps(states, frames)
         gathered = [np.stack(layer) for layer in zip(*(s.conv_states for s in states))]
-        embeddings, new_states = self._run("embed_step", mel, gathered)
+        if getattr(self.backend, "features_step", None) is not None and all(s.steps > 0 for s in states):
+            # A backend that offers it runs mel, scaling and embedding in one device round trip.
+            audio = np.concatenate([np.stack([s.context for s in states]), frames], axis=1).astype(np.float32)
+            embeddings, new_states = self._run("features_step", audio, gathered)
+        else:
+            mel = self.mel_steps(states, frames)
+            embeddings, new_states = self._run("embed_step", mel, gathered)
         for i, state in enumerate(states):
             state.conv_states = [layer[i] for layer in new_states]
             state.context = frames[i, -MEL_CONTEXT_SAMPLES:].copy()

@@ -39,6 +39,10 @@ class FeatureBackend(Protocol):
     def embed_windows(self, mel: np.ndarray) -> np.ndarray:
         """openWakeWord's windowed form: mel [N, 76, 32] -> embeddings [N, 96]."""
 
+    # Optional (looked up with getattr, so not part of the protocol): features_step(audio
+    # [B, 1760], states) -> embed_step(scale_mel(melspectrogram(audio)), states) in one go;
+    # FeaturePipeline uses it where a backend offers it (the OpenCL one: one device round trip).
+
     def close(self) -> None: ...
 
 

@@ -21,7 +21,7 @@ from ..models.registry import builtin_feature_path
 from . import opencl_kernels as K
 from .opencl_device import build_program, choose_device, device_info
 from .opencl_host import OutputRing, PinnedArrays, pack
-from .opencl_plan import Plan, run
+from .opencl_plan import Plan, one_piece, run, run_features
 
 #: DESIGN.md's exactness contract: fp32 within 1e-3 absolute; fp16 within 2e-2, absolute on
 #: scores and relative to the embedding scale (max |embedding|, ~70) on embeddings, since half
@@ -139,6 +139,7 @@ class OpenClFeatures:
                 break
             work_group //= 2
         self._mel_program, self._mel_group, self._mel_bound = program, work_group, None
+        self._mel_options, self._scaled_mel, self._scaled_bound = options, None, None
         self._mel_kernel = self._cl.Kernel(program, "melspectrogram")
         lo, hi = spec.nonzero_bins()
         fft = defines["MEL_FFT"] == 1
@@ -194,8 +195,8 @@ class OpenClFeatures:
         except (self._cl.Error, MemoryError) as err:
             raise BackendFailed(f"OpenCL {what} failed on {self.device.name} ({err})") from err
 
-    def _launch(self, kernel, global_size: int, local_size: int, wait_for=None):
-        return self._cl.enqueue_nd_range_kernel(self.queue, kernel, (global_size,), (local_size,), wait_for=wait_for)
+    def _launch(self, kernel, global_size: tuple, local_size: tuple, wait_for=None):
+        return self._cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size, wait_for=wait_for)
 
     def _run(self, plan: Plan, batch: int, inputs: list[np.ndarray]) -> np.ndarray:
         return run(self, plan, batch, inputs)
@@ -214,7 +215,7 @@ class OpenClFeatures:
             if self._mel_bound != (in_buf, out_buf, samples, frames):
                 self._mel_kernel.set_args(in_buf, np.int32(samples), np.int32(frames), *self._mel_consts, out_buf)
                 self._mel_bound = (in_buf, out_buf, samples, frames)
-            self._launch(self._mel_kernel, batch * self._mel_group, self._mel_group)
+            self._launch(self._mel_kernel, (batch * self._mel_group,), (self._mel_group,))
             out = outputs.take(batch * frames * K.MEL_BINS).reshape(batch, frames, K.MEL_BINS)
             self._cl.enqueue_copy(self.queue, out, out_buf, is_blocking=True)
         if not np.isfinite(out).all():
@@ -266,6 +267,66 @@ class OpenClFeatures:
             raise BackendFailed(f"OpenCL embed_step on {self.device.name} returned non-finite embeddings")
         return result, [join(parts) for parts in new_states]
 
+    def features_step(self, audio: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`embed_step(scale_mel(melspectrogram(audio)), states)` in one device round trip: the
+        scaled mel stays on the device and feeds the embedding kernels directly. audio: [B, 1760]
+        (one step's 1280 samples behind 480 of context, 8 mel frames); same results and errors
+        as the two calls. FeaturePipeline uses it when a backend offers it (optional interface)."""
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        batch, shapes = len(audio), self.layout.state_shapes
+        spec = self._mel
+        if audio.ndim != 2 or (audio.shape[1] - spec.n_fft) // spec.hop + 1 != K.STEP_FRAMES or \
+                len(states) != len(shapes) or any(np.shape(s) != (batch, *shape) for s, shape in zip(states, shapes)):
+            raise ValueError(f"features_step takes audio [B, samples] of {K.STEP_FRAMES} mel frames and states "
+                             f"{list(shapes)} with a leading B")
+        with self._lock, self._device_errors("features_step"):
+            kernel = self._scaled_mel_kernel() if 0 < batch <= self.max_capacity and one_piece(batch) else None
+        if kernel is None:  # large batches pipeline their chunks: the two calls
+            mel = self.melspectrogram(audio) / np.float32(10) + np.float32(2)
+            return self.embed_step(mel, states)
+        with self._lock, self._device_errors("features_step"):
+            plan = self._plan("step", batch)
+            _, _, _, outputs = self._mel_io(audio.size, batch * plan.in_sizes[0])
+            mel = outputs.take(batch * plan.in_sizes[0])
+            flat = run_features(self, plan, batch, audio, states, kernel, self._mel_group, mel)
+        if not np.isfinite(mel).all():
+            raise BackendFailed(f"OpenCL melspectrogram on {self.device.name} returned non-finite values")
+        embeddings = flat[: batch * K.EMBEDDING_DIM].reshape(batch, K.EMBEDDING_DIM)
+        if not np.isfinite(embeddings).all():
+            raise BackendFailed(f"OpenCL embed_step on {self.device.name} returned non-finite embeddings")
+        new_states, offset = [], batch * K.EMBEDDING_DIM
+        for shape, size in zip(shapes, plan.in_sizes[1:]):
+            new_states.append(flat[offset : offset + batch * size].reshape(batch, *shape))
+            offset += batch * size
+        return embeddings, new_states
+
+    def _scaled_mel_kernel(self):
+        """The mel kernel built with MEL_SCALE=1 (writes x/10 + 2), built on first use; None
+        where the device does not take it at the plain kernel's work-group size."""
+        if self._scaled_mel is None:
+            options = self._mel_options + ["-DMEL_SCALE=1"]
+            fp = self._cl.device_fp_config
+            if self.context.devices[0].single_fp_config & fp.CORRECTLY_ROUNDED_DIVIDE_SQRT:
+                options.append("-cl-fp32-correctly-rounded-divide-sqrt")  # x/10 as numpy rounds it
+            try:
+                program = build_program(self._cl, self.context, K.kernel_source("mel.cl"), options, "melspectrogram")
+            except BackendUnavailable:
+                program = None
+            fits = program is not None and self._kernel_fits(program, ["melspectrogram"], [self._mel_group])
+            self._scaled_mel = self._cl.Kernel(program, "melspectrogram") if fits else False
+        return self._scaled_mel or None
+
+    def _bind_scaled_mel(self, audio_buf, out_buf, samples: int) -> None:
+        frames = (samples - self._mel.n_fft) // self._mel.hop + 1
+        if self._scaled_bound != (audio_buf, out_buf, samples):
+            self._scaled_mel.set_args(audio_buf, np.int32(samples), np.int32(frames), *self._mel_consts, out_buf)
+            self._scaled_bound = (audio_buf, out_buf, samples)
+
+    def _audio_io(self, floats: int):
+        """(device input buffer, page-locked staging) for `floats` audio samples (the mel's)."""
+        in_buf, _, staging, _ = self._mel_io(floats, 1)
+        return in_buf, staging
+
     def embed_windows(self, mel: np.ndarray) -> np.ndarray:
         mel = np.asarray(mel, np.float32)
         if mel.shape[1:] != (K.WINDOW_FRAMES, K.MEL_BINS):
@@ -293,7 +354,7 @@ class OpenClFeatures:
         plan.bind(batch)
         times = []
         with self._lock, self._device_errors("time_device_step"):
-            mel = [(self._mel_kernel, batch * self._mel_group, self._mel_group)]
+            mel = [(self._mel_kernel, (batch * self._mel_group,), (self._mel_group,))]
             for launches in (mel, list(plan.launches(batch))):
                 self.queue.finish()
                 start = time.perf_counter()
@@ -308,6 +369,7 @@ class OpenClFeatures:
         with self._lock:
             self._plans.clear()
             self._mel_buffers.clear()
+            self._mel_bound = self._scaled_bound = None
             for queue in (self.queue, self.queue_up, self.queue_down):
                 try:
                     queue.finish()

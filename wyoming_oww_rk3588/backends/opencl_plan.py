@@ -13,6 +13,10 @@ from .opencl_host import OutputRing, pack
 #: Streams per pipelined chunk at least; smaller batches go in one piece on one queue.
 CHUNK_MIN = 2048
 CHUNKS_MAX = 8
+#: States already in page-locked memory are DMA'd as they are (one copy per segment) only when
+#: the block is at least this large; smaller ones are packed and go in one copy, since each copy
+#: is a command of its own on the queue (~10 us on an H100) and packing 38 KB a stream is cheap.
+DIRECT_MIN_BYTES = 2 << 20
 
 
 class Plan:
@@ -29,7 +33,8 @@ class Plan:
         self.in_floats, self.out_floats = sum(self.in_sizes), sum(self.out_sizes)
         act_floats = max(layer.out_size for layer in layers[:-1])
         flags = cl.mem_flags
-        self.in_buf = cl.Buffer(ctx, flags.READ_ONLY, 4 * capacity * self.in_floats)
+        # READ_WRITE: the fused features step writes the scaled mel straight into the input block.
+        self.in_buf = cl.Buffer(ctx, flags.READ_WRITE, 4 * capacity * self.in_floats)
         self.out_buf = cl.Buffer(ctx, flags.READ_WRITE, 4 * capacity * self.out_floats)
         self.act = [cl.Buffer(ctx, flags.READ_WRITE, owner._store_bytes * capacity * act_floats) for _ in range(2)]
         self.staging = owner._pinned.new(capacity * self.in_floats)
@@ -37,6 +42,7 @@ class Plan:
         self.kernels = [cl.Kernel(program, f"{prefix}{i}") for i in range(len(layers))]
         self.weights = owner._weights
         self.bound = None
+        self._launches: dict[int, list] = {}
 
     def bind(self, batch: int, start: int = 0) -> None:
         """Set every kernel's arguments for the chunk of `batch` streams from stream `start`."""
@@ -58,11 +64,18 @@ class Plan:
                 s_out += batch * layer.state_size
         self.bound = (batch, start)
 
-    def launches(self, batch: int):
-        for layer, tiling, kernel in zip(self.layers, self.tilings, self.kernels):
-            rows = batch * layer.tout * layer.fout
-            groups = -(-rows // tiling.rows)
-            yield kernel, groups * tiling.work_group, tiling.work_group
+    def launches(self, batch: int) -> list:
+        """[(kernel, global size, work-group size)] per layer for `batch` streams (cached)."""
+        if batch not in self._launches:
+            out = []
+            for layer, tiling, kernel in zip(self.layers, self.tilings, self.kernels):
+                rows = batch * layer.tout * layer.fout
+                groups = -(-rows // tiling.rows)
+                out.append((kernel, (groups * tiling.work_group,), (tiling.work_group,)))
+            if len(self._launches) > 8:
+                self._launches.clear()
+            self._launches[batch] = out
+        return self._launches[batch]
 
 
 def _upload(owner, plan: Plan, queue, inputs: list[np.ndarray], start: int, stop: int) -> list:
@@ -72,7 +85,7 @@ def _upload(owner, plan: Plan, queue, inputs: list[np.ndarray], start: int, stop
     cl, n = owner._cl, stop - start
     rows = [a[start:stop] for a in inputs]
     base = start * plan.in_floats
-    direct = [owner._pinned.holds(r) for r in rows]
+    direct = [n * plan.in_floats * 4 >= DIRECT_MIN_BYTES and owner._pinned.holds(r) for r in rows]
     if not any(direct):  # one packed block, one DMA
         block = plan.staging[base : base + n * plan.in_floats]
         pack(rows, block)
@@ -87,6 +100,57 @@ def _upload(owner, plan: Plan, queue, inputs: list[np.ndarray], start: int, stop
     return events
 
 
+def one_piece(batch: int) -> bool:
+    """True when `batch` streams run in one piece on one queue (no pipelined chunks)."""
+    return batch < 2 * CHUNK_MIN
+
+
+def _enqueue_layers(owner, plan: Plan, batch: int, count: int = 0) -> None:
+    """Every layer's kernel on the main queue, flushing every `owner.flush_every` kernels
+    (counting `count` kernels already enqueued) so the device starts while the rest follow."""
+    launch, queue, every = owner._launch, owner.queue, owner.flush_every
+    for i, (kernel, size, group) in enumerate(plan.launches(batch), count):
+        launch(kernel, size, group)
+        if every and i % every == 0:
+            queue.flush()  # start the device now, not at the final read
+
+
+def run_features(owner, plan: Plan, batch: int, audio: np.ndarray, states: list[np.ndarray], mel_kernel,
+                 mel_group: int, mel_host: np.ndarray) -> np.ndarray:
+    """melspectrogram -> x/10 + 2 -> embedding step in one device round trip: the scaling mel
+    kernel (`mel_kernel`, arguments but the input and output already set) writes the mel
+    segment of the plan's input block, the states are uploaded behind it, the layers run, and
+    one blocking read returns the flat output (as `run`); the scaled mel goes to `mel_host`
+    on the way (non-blocking, same queue) for the caller's finiteness check."""
+    cl, queue = owner._cl, owner.queue
+    result = plan.outputs.take(batch * plan.out_floats)
+    mel_floats = batch * plan.in_sizes[0]
+    audio_buf, staging = owner._audio_io(audio.size)
+    np.copyto(staging[: audio.size], audio.reshape(-1))
+    cl.enqueue_copy(queue, audio_buf, staging[: audio.size], is_blocking=False)
+    owner._bind_scaled_mel(audio_buf, plan.in_buf, audio.shape[1])
+    owner._launch(mel_kernel, (batch * mel_group,), (mel_group,))
+    queue.flush()
+    offset = mel_floats
+    pinned = [batch * plan.in_floats * 4 >= DIRECT_MIN_BYTES and owner._pinned.holds(s) for s in states]
+    if not any(pinned):  # one packed block, one DMA
+        block = plan.staging[offset : offset + batch * (plan.in_floats - plan.in_sizes[0])]
+        pack(states, block)
+        cl.enqueue_copy(queue, plan.in_buf, block, dst_offset=4 * offset, is_blocking=False)
+    else:
+        for state, size, direct in zip(states, plan.in_sizes[1:], pinned):
+            source = state if direct else plan.staging[offset : offset + batch * size]
+            if not direct:
+                pack([state], source)
+            cl.enqueue_copy(queue, plan.in_buf, source, dst_offset=4 * offset, is_blocking=False)
+            offset += batch * size
+    plan.bind(batch)
+    _enqueue_layers(owner, plan, batch, 1)
+    cl.enqueue_copy(queue, mel_host, plan.in_buf, is_blocking=False)
+    cl.enqueue_copy(queue, result, plan.out_buf, is_blocking=True)
+    return result
+
+
 def run(owner, plan: Plan, batch: int, inputs: list[np.ndarray]) -> np.ndarray:
     """Run `batch` streams (inputs: one [batch, ...] array per input segment) and return the flat
     output [seg_0 of all streams | seg_1 | ...] in a page-locked array nobody else holds."""
@@ -96,10 +160,7 @@ def run(owner, plan: Plan, batch: int, inputs: list[np.ndarray]) -> np.ndarray:
     if chunks == 1:  # one in-order queue: the least latency
         plan.bind(batch)
         _upload(owner, plan, owner.queue, inputs, 0, batch)
-        for i, (kernel, size, group) in enumerate(plan.launches(batch)):
-            owner._launch(kernel, size, group)
-            if owner.flush_every and i % owner.flush_every == 0:
-                owner.queue.flush()  # start the device now, not at the final read
+        _enqueue_layers(owner, plan, batch)
         cl.enqueue_copy(owner.queue, result, plan.out_buf, is_blocking=True)
         return result
     downloads = []

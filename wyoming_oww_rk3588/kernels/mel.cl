@@ -9,6 +9,11 @@
 //   0: direct dot products with the model's real/imag filters (any filter bank).
 
 #define CHUNK (2 * PAIRS)
+// MEL_SCALE 1: write openWakeWord's x/10 + 2 of the result (what the embedding takes), so the
+// features step can feed the embedding kernels without a host round trip.
+#ifndef MEL_SCALE
+#define MEL_SCALE 0
+#endif
 
 inline int bit_reverse(int n) {
     int r = 0;
@@ -110,6 +115,10 @@ void melspectrogram(__global const float* audio, const int samples, const int fr
     // Each work-item rereads only what it wrote itself, so no global fence is needed.
     for (int f0 = 0; f0 < frames; f0 += CHUNK) {
         const int nf = min(CHUNK, frames - f0);
+#if MEL_SCALE
+        for (int e = lid; e < nf * N_MELS; e += WG) y[f0 * N_MELS + e] = fmax(y[f0 * N_MELS + e], floor_db) / 10.0f + 2.0f;
+#else
         for (int e = lid; e < nf * N_MELS; e += WG) y[f0 * N_MELS + e] = fmax(y[f0 * N_MELS + e], floor_db);
+#endif
     }
 }
