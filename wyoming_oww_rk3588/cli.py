@@ -168,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine threads that share a big CPU batch (default: cores, at most 4)")
     add("--zeroconf", nargs="?", const=DEFAULT_ZEROCONF_NAME, default=None, metavar="NAME",
         help=f"announce the service on the LAN with mDNS (default name {DEFAULT_ZEROCONF_NAME})")
+    add("--model", action="append", default=[], help=argparse.SUPPRESS)  # wyoming-openwakeword's old flag
     add("--debug", action="store_true", help="log debug messages")
     add("--version", action="version", version=__version__)
     return parser
@@ -175,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_settings(argv: list[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
+    if args.model:
+        import logging
+
+        logging.getLogger(__name__).warning("--model is deprecated and ignored: every model is served")
     if args.zeroconf is not None and not args.uri.startswith("tcp://"):
         build_parser().error("--zeroconf needs a tcp:// --uri")
     return Settings(
