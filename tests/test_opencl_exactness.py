@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 from reference import (
+    FIRST_OWN_EMBEDDING_STEP,
     engine_scores,
     first_exact_step,
     generated,
@@ -136,6 +137,28 @@ def test_streaming_embeddings_match_openwakewords_windows(opencl, oww_features, 
     assert np.abs(ours - theirs).max() <= _embedding_limit(opencl, theirs)
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_end_to_end_embeddings_match_openwakewords_streaming_features(opencl32, case):
+    """Audio in, embeddings out, in 1280-sample steps: openWakeWord's AudioFeatures against the
+    OpenCL features pipeline, once both buffers hold only the clip's own audio."""
+    from openwakeword.utils import AudioFeatures
+
+    audio = CASES[case]()
+    theirs_features = AudioFeatures(melspec_model_path=str(BUILTIN_DIR / "melspectrogram.onnx"),
+                                    embedding_model_path=str(BUILTIN_DIR / "embedding_model.onnx"),
+                                    inference_framework="onnx")
+    pipe = FeaturePipeline(opencl32)
+    state = pipe.new_state(16)
+    error = 0.0
+    for step in range(len(audio) // FRAME_SAMPLES):
+        frame = audio[step * FRAME_SAMPLES : (step + 1) * FRAME_SAMPLES]
+        theirs_features(frame)
+        ours = pipe.step([state], frame[None])[0]
+        if step + 1 >= FIRST_OWN_EMBEDDING_STEP:
+            error = max(error, float(np.abs(ours - theirs_features.feature_buffer[-1]).max()))
+    assert error <= FP32_TOLERANCE
+
+
 def test_windowed_embeddings_match_the_cpu(opencl, cpu, oww_features):
     mel = oww_features._get_melspectrogram(CASES["alexa_test.wav"]())
     windows = np.stack([mel[i : i + 76] for i in range(0, len(mel) - 75, 8)]).astype(np.float32)
@@ -164,7 +187,7 @@ def test_a_batch_of_streams_gets_the_cpus_mel_embeddings_and_head_scores(opencl,
     pipes = [FeaturePipeline(opencl), FeaturePipeline(cpu)]
     streams = [[pipe.new_state(history) for _ in audios] for pipe in pipes]
     conv_states = [np.stack(layer) for layer in zip(*(s.conv_states for s in streams[1]))]
-    mel_error = embedding_error = score_error = scale = 0.0
+    mel_error = embedding_error = end_to_end_error = score_error = scale = 0.0
     for step in range(len(audios[0]) // FRAME_SAMPLES):
         frames = np.stack([a[step * FRAME_SAMPLES : (step + 1) * FRAME_SAMPLES] for a in audios])
         mel = pipes[1].mel_steps(streams[1], frames)
@@ -173,14 +196,16 @@ def test_a_batch_of_streams_gets_the_cpus_mel_embeddings_and_head_scores(opencl,
         theirs, conv_states = cpu.embed_step(mel, conv_states)
         embedding_error = max(embedding_error, float(np.abs(ours - theirs).max()))
         scale = max(scale, float(np.abs(theirs).max()))
-        for pipe, side in zip(pipes, streams):
-            pipe.step(side, frames)
+        ends = [pipe.step(side, frames) for pipe, side in zip(pipes, streams)]
+        if step + 1 >= FIRST_OWN_EMBEDDING_STEP:
+            end_to_end_error = max(end_to_end_error, float(np.abs(ends[0] - ends[1]).max()))
         for model in models:
             if step + 1 >= first_exact_step(model.window):
                 a, b = (heads.score(model, np.stack([s.window(model.window) for s in side])) for side in streams)
                 score_error = max(score_error, float(np.abs(a - b).max()))
     assert mel_error <= FP32_TOLERANCE
     assert embedding_error <= allowed_error(opencl.precision, scale)
+    assert end_to_end_error <= allowed_error(opencl.precision, scale), "embeddings, each backend on its own mel"
     assert score_error <= (FP32_TOLERANCE if opencl.precision == "fp32" else FP16_SCORE_TOLERANCE)
 
 

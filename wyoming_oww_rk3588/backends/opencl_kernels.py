@@ -279,10 +279,16 @@ def mel_program_defines(spec: MelSpec, work_group: int, pairs: int) -> dict[str,
 
 
 def mel_local_bytes(spec: MelSpec, work_group: int, pairs: int) -> int:
-    return pairs * spec.n_fft * 8 + 2 * pairs * spec.bins * 4 + work_group * 4
+    """Local memory of one mel work-group: float-float FFT frames, power rows, the reduction."""
+    return pairs * spec.n_fft * 16 + 2 * pairs * spec.bins * 4 + work_group * 4
 
 
 def twiddles(n_fft: int) -> np.ndarray:
-    """exp(-2 pi i j / n) for j < n/2, as float2 pairs, computed in float64."""
+    """exp(-2 pi i j / n) for j < n/2 in float-float, [n/2, 4] as (re hi, re lo, im hi, im lo);
+    computed in float64, whose 53 bits cover float-float's 48."""
     angle = -2 * np.pi * np.arange(n_fft // 2) / n_fft
-    return np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
+    parts = []
+    for value in (np.cos(angle), np.sin(angle)):
+        hi = value.astype(np.float32)
+        parts += [hi, (value - hi).astype(np.float32)]
+    return np.stack(parts, axis=1)
