@@ -118,14 +118,19 @@ class FeaturePipeline:
                 pass
             return self._call(method, *args)
 
-    def mel_steps(self, states: list[FeatureState], frames: np.ndarray) -> np.ndarray:
-        """frames [B, 1280] int16 -> scaled mel [B, 8, 32] (per stream, per step clipping)."""
+    def mel_steps(self, states: list[FeatureState], frames: np.ndarray, contexts: np.ndarray | None = None) -> np.ndarray:
+        """frames [B, 1280] int16 -> scaled mel [B, 8, 32] (per stream, per step clipping).
+
+        `contexts` [B, 480]: the samples before each frame (default: the streams' own); a
+        stream on its first step (`steps == 0`) has none and starts from silence instead."""
         batch = len(states)
+        if contexts is None:
+            contexts = np.stack([s.context for s in states])
         mel = np.empty((batch, MEL_FRAMES_PER_STEP, MEL_BINS), np.float32)
         first = np.array([s.steps == 0 for s in states], bool)
         if (~first).any():
             rows = np.flatnonzero(~first)
-            audio = np.concatenate([np.stack([states[i].context for i in rows]), frames[rows]], axis=1)
+            audio = np.concatenate([contexts[rows], frames[rows]], axis=1)
             mel[rows] = scale_mel(self._run("melspectrogram", audio.astype(np.float32)))
         if first.any():
             rows = np.flatnonzero(first)
@@ -136,18 +141,58 @@ class FeaturePipeline:
 
     def step(self, states: list[FeatureState], frames: np.ndarray) -> np.ndarray:
         """Advance every stream by one 80 ms frame; returns the new embeddings [B, 96]."""
+        embeddings = self.advance(states, frames[:, None])[:, 0]
+        self.push(states, embeddings)
+        return embeddings
+
+    @property
+    def multi_step(self) -> bool:
+        """Whether `advance` over K steps costs less than K single steps on this backend."""
+        return getattr(self.backend, "embed_steps", None) is not None
+
+    def advance(self, states: list[FeatureState], frames: np.ndarray) -> np.ndarray:
+        """Run K consecutive frames [B, K, 1280] of every stream through the models; returns
+        embeddings [B, K, 96]. Moves the conv states and audio context on; the embedding
+        history and step count move with `push`, one step at a time, so the heads can score
+        each step in order."""
+        steps = frames.shape[1]
         gathered = [np.stack(layer) for layer in zip(*(s.conv_states for s in states))]
-        if getattr(self.backend, "features_step", None) is not None and all(s.steps > 0 for s in states):
-            # A backend that offers it runs mel, scaling and embedding in one device round trip.
-            audio = np.concatenate([np.stack([s.context for s in states]), frames], axis=1).astype(np.float32)
-            embeddings, new_states = self._run("features_step", audio, gathered)
+        contexts = np.stack([s.context for s in states])
+        if steps > 1 and self.multi_step:
+            # All K steps' audio as one mel batch (each step clipped on its own), one model call.
+            mel = np.concatenate([self.mel_steps(states, frames[:, 0], contexts), self._later_mel(frames)], axis=1)
+            embeddings, gathered = self._run("embed_steps", mel, gathered)
         else:
-            mel = self.mel_steps(states, frames)
-            embeddings, new_states = self._run("embed_step", mel, gathered)
+            out = []
+            for k in range(steps):
+                context = contexts if k == 0 else frames[:, k - 1, -MEL_CONTEXT_SAMPLES:]
+                fused = getattr(self.backend, "features_step", None) is not None
+                if fused and (k > 0 or all(s.steps > 0 for s in states)):
+                    # A backend that offers it runs mel, scaling and embedding in one device round trip.
+                    audio = np.concatenate([context, frames[:, k]], axis=1).astype(np.float32)
+                    embedding, gathered = self._run("features_step", audio, gathered)
+                else:
+                    mel = self.mel_steps(states, frames[:, 0], context) if k == 0 else self._later_mel(frames[:, k - 1 : k + 1])
+                    embedding, gathered = self._run("embed_step", mel, gathered)
+                out.append(embedding)
+            embeddings = np.stack(out, axis=1)
         for i, state in enumerate(states):
-            state.conv_states = [layer[i] for layer in new_states]
-            state.context = frames[i, -MEL_CONTEXT_SAMPLES:].copy()
+            state.conv_states = [layer[i] for layer in gathered]
+            state.context = frames[i, -1, -MEL_CONTEXT_SAMPLES:].copy()
+        return embeddings
+
+    def _later_mel(self, frames: np.ndarray) -> np.ndarray:
+        """Scaled mel [B, 8(K-1), 32] of steps 1..K-1 of frames [B, K, 1280], in one call:
+        each step's context is the previous frame's tail, and each row is clipped on its own."""
+        batch, steps = frames.shape[:2]
+        audio = np.concatenate([frames[:, :-1, -MEL_CONTEXT_SAMPLES:], frames[:, 1:]], axis=2)
+        mel = self._run("melspectrogram", audio.reshape(batch * (steps - 1), -1).astype(np.float32))
+        return scale_mel(mel).reshape(batch, (steps - 1) * MEL_FRAMES_PER_STEP, MEL_BINS)
+
+    @staticmethod
+    def push(states: list[FeatureState], embeddings: np.ndarray) -> None:
+        """Append one step's embeddings [B, 96] to the streams' histories."""
+        for i, state in enumerate(states):
             state.embeddings[:-1] = state.embeddings[1:]
             state.embeddings[-1] = embeddings[i]
             state.steps += 1
-        return embeddings

@@ -80,9 +80,11 @@ class StreamingLayout:
 def streaming_embedding(model: onnx.ModelProto) -> tuple[onnx.ModelProto, StreamingLayout]:
     """Rewrite the 76-frame embedding graph into a stateful streaming step.
 
-    Inputs: `mel` [B, 8, 32, 1] (the step's 8 new mel frames, NHWC like the original),
-    then one state per time-kernel-3 conv, `state_i` [B, C_i, 2, F_i].
-    Outputs: `embedding` [B, 96], then `state_i_out` (the conv input's last 2 rows).
+    Inputs: `mel` [B, 8K, 32, 1] (K steps' new mel frames, NHWC like the original; K = 1
+    live), then one state per time-kernel-3 conv, `state_i` [B, C_i, 2, F_i].
+    Outputs: `embeddings` [B, K, 96], then `state_i_out` (the conv input's last 2 rows).
+    K steps in one call give, bit for bit, what K calls of one step give, for less work per
+    step (onnxruntime's convs run longer rows): the engine uses that to catch up a backlog.
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -131,18 +133,22 @@ def streaming_embedding(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Stream
                 shapes.append((int(cin), CONV_CONTEXT_ROWS, freq))
                 continue
         new_nodes.append(node)
-    # [B, 96, 1, 1] -> [B, 96]
-    new_nodes.append(helper.make_node("Flatten", [last.input[0]], ["embedding"], axis=1))
+    # [B, 96, K, 1] -> [B, K, 96, 1] -> [B, K, 96]
+    new_nodes += [
+        helper.make_node("Transpose", [last.input[0]], ["embeddings_nk"], perm=[0, 2, 1, 3]),
+        _const("embeddings_shape", np.array([0, -1, 96], np.int64)),
+        helper.make_node("Reshape", ["embeddings_nk", "embeddings_shape"], ["embeddings"]),
+    ]
 
     del graph.node[:]
     graph.node.extend(new_nodes)
     del graph.input[:]
     graph.input.extend(
-        [helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["batch", 8, 32, 1])] + state_inputs
+        [helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["batch", "frames", 32, 1])] + state_inputs
     )
     del graph.output[:]
     graph.output.extend(
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 96])] + state_outputs
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", "steps", 96])] + state_outputs
     )
     # Drop the now unused Reshape shape constants.
     used = {i for n in graph.node for i in n.input}

@@ -34,10 +34,19 @@ class StreamState:
     def ready(self) -> bool:
         return self.pending_samples >= FRAME_SAMPLES
 
+    @property
+    def ready_frames(self) -> int:
+        return self.pending_samples // FRAME_SAMPLES
+
     def take_frame(self) -> np.ndarray:
         """The next 1280 samples (call only when `ready`)."""
+        return self.take_frames(1)[0]
+
+    def take_frames(self, count: int) -> np.ndarray:
+        """The next `count` frames, [count, 1280] (call only when `ready_frames >= count`)."""
         buffer = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
-        frame, rest = buffer[:FRAME_SAMPLES], buffer[FRAME_SAMPLES:]
+        size = count * FRAME_SAMPLES
+        frames, rest = buffer[:size], buffer[size:]
         self.chunks = [rest] if len(rest) else []
         self.pending_samples = len(rest)
-        return frame
+        return frames.reshape(count, FRAME_SAMPLES)

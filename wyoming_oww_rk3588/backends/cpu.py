@@ -93,6 +93,11 @@ class CpuFeatures:
         return out[:, 0]  # [B, 1, F, 32] -> [B, F, 32]
 
     def embed_step(self, mel: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        embeddings, states = self.embed_steps(mel, states)
+        return embeddings[:, -1], states
+
+    def embed_steps(self, mel: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """mel [B, 8K, 32] (K consecutive steps) -> (embeddings [B, K, 96], states after step K)."""
         feeds = {"mel": np.ascontiguousarray(mel[..., None], dtype=np.float32)}
         feeds.update(zip(self._state_names, states))
         out = self._step.run(None, feeds)

@@ -1,0 +1,81 @@
+"""A stream that has fallen behind catches up several frames per round, with the very numbers
+(bit for bit) and detections it gets one frame at a time."""
+
+from __future__ import annotations
+
+import numpy as np
+from reference import generated, load_wav, padded
+
+from wyoming_oww_rk3588.engine import MAX_STEPS_PER_ROUND, Engine
+from wyoming_oww_rk3588.features import FRAME_SAMPLES
+
+NAMES = ["alexa", "hey_jarvis", "hey_mycroft", "okay_nabu", "timer"]
+
+
+class RecordingEngine(Engine):
+    """Keeps every stream's scores after every step, and the frame counts of each features call."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log: dict[int, list[dict[str, float]]] = {}
+        self.advanced: list[int] = []
+        advance = self.features.advance
+
+        def counting(states, frames):
+            self.advanced.append(frames.shape[1])
+            return advance(states, frames)
+
+        self.features.advance = counting
+
+    def _score(self, streams, detections) -> None:
+        super()._score(streams, detections)
+        for stream in streams:
+            self.log.setdefault(id(stream), []).append(dict(stream.scores))
+
+
+def _audios() -> list[np.ndarray]:
+    clips = [padded(load_wav("alexa_test.wav"), 2.5, 1.5), padded(load_wav("okay_nabu.wav"), 2.0, 1.0),
+             generated("speechlike", 4.0), padded(load_wav("hey_mycroft_test.wav"), 1.0, 1.0)]
+    return [clip[: len(clip) // FRAME_SAMPLES * FRAME_SAMPLES] for clip in clips]
+
+
+def _run(engine: RecordingEngine, audios: list[np.ndarray], feeds: list[int]):
+    """Feed each stream `feeds[i]` samples at a time, then let the engine catch up."""
+    models = [(n, engine.registry.resolve(n)) for n in NAMES]
+    streams = [engine.open_stream(models) for _ in audios]
+    index = {id(s): i for i, s in enumerate(streams)}
+    detections = []
+    for start in range(0, max(len(a) for a in audios), FRAME_SAMPLES):
+        for stream, audio, feed in zip(streams, audios, feeds):
+            if start % feed == 0:
+                stream.add_samples(audio[start : start + feed])
+        for stream, found in engine.process(streams):
+            detections.append((index[id(stream)], found.label, found.timestamp_ms))
+    return streams, detections, [engine.log[id(s)] for s in streams]
+
+
+def test_catching_up_several_frames_per_round_gives_the_same_scores_states_and_detections():
+    audios = _audios()
+    live = RecordingEngine(features_backend="cpu", heads_backend="cpu")
+    behind = RecordingEngine(features_backend="cpu", heads_backend="cpu")
+    live_streams, live_found, live_scores = _run(live, audios, [FRAME_SAMPLES] * len(audios))
+    # Uneven backlogs: 5, 3, 2 and 7 frames at a time (more than a round takes, too).
+    behind_streams, behind_found, behind_scores = _run(behind, audios, [n * FRAME_SAMPLES for n in (5, 3, 2, 7)])
+
+    assert set(live.advanced) == {1}
+    assert MAX_STEPS_PER_ROUND in behind.advanced and {2, 3} & set(behind.advanced)
+    assert behind_scores == live_scores  # every step's scores, exactly
+    for ours, theirs in zip(behind_streams, live_streams):
+        assert ours.features.steps == theirs.features.steps
+        assert np.array_equal(ours.features.embeddings, theirs.features.embeddings)
+        assert all(np.array_equal(a, b) for a, b in zip(ours.features.conv_states, theirs.features.conv_states))
+    assert sorted(behind_found) == sorted(live_found)
+    assert {(i, name) for i, name, _ in live_found} >= {(0, "alexa"), (1, "okay_nabu"), (3, "hey_mycroft")}
+
+
+def test_api_rounds_stay_one_frame_each():
+    engine = RecordingEngine(features_backend="cpu", heads_backend="cpu")
+    stream = engine.open_stream([("alexa", engine.registry.resolve("alexa"))])
+    stream.add_samples(np.zeros(FRAME_SAMPLES * 3, np.int16))
+    engine.process([stream], max_rounds=1)
+    assert engine.advanced == [1] and stream.ready_frames == 2
