@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import onnx
+import scipy.fft
 from onnx import numpy_helper
 
 from .. import graphs
@@ -61,7 +62,9 @@ def fft_mel_weights(mel_model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray]
 def fft_melspectrogram(audio: np.ndarray, window: np.ndarray, mel_matrix: np.ndarray) -> np.ndarray:
     """The mel model's function (power STFT, mel, 10*log10, top-80 dB clip per row) via rFFT."""
     frames = np.lib.stride_tricks.sliding_window_view(audio, len(window), axis=1)[:, ::160]
-    spectrum = np.fft.rfft(frames * window, axis=-1)
+    # In float64: numpy's float32 rFFT computes as accurately and no faster, and scipy's
+    # pocketfft (several rows per SIMD pass) takes half numpy's time here.
+    spectrum = scipy.fft.rfft((frames * window).astype(np.float64), axis=-1, overwrite_x=True)
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     db = np.float32(10) * np.log10(np.maximum(power @ mel_matrix, np.float32(1e-10)))
     return np.maximum(db, db.max(axis=(1, 2), keepdims=True) - np.float32(80))
