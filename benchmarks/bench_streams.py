@@ -135,6 +135,19 @@ async def load(port: int, n: int, audio: np.ndarray, phrase_end: int, name: str)
     return results
 
 
+def settle(proc: subprocess.Popen, limit_s: float = 120.0) -> None:
+    """Wait until a server has worked off what it still had queued (an overloaded peer goes on
+    for a while after its clients left), so it does not take CPU from the next measurement."""
+    deadline = time.monotonic() + limit_s
+    last = cpu_seconds(proc.pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = cpu_seconds(proc.pid)
+        if now - last < 0.05:
+            return
+        last = now
+
+
 def measure(proc: subprocess.Popen, port: int, n: int, audio, phrase_end, name) -> dict:
     before, client_before = cpu_seconds(proc.pid), time.process_time()
     results = asyncio.run(load(port, n, audio, phrase_end, name))
@@ -189,6 +202,8 @@ def main() -> None:
             for label, proc, p, name, limit in servers:
                 if n > limit:
                     continue
+                for _, other, *_ in servers:
+                    settle(other)
                 r = measure(proc, p, n, audio, phrase_end, name)
                 print(f"{label:<38} {n:>5} {r['got']:>5}/{r['expected']:<5} {r['p50']:>8.1f} {r['p99']:>8.1f} "
                       f"{r['cpu']:>14.5f} {r['client']:>12.2f}", flush=True)

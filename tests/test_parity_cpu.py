@@ -94,3 +94,31 @@ def test_positive_clips_fire_and_the_near_miss_does_not(engine):
 def test_silence_padding_never_scores_like_a_wake_word(engine):
     scores = engine_scores(engine, [np.zeros(16000 * 3, np.int16)], ONNX_HEADS)[0]
     assert max(max(step.values()) for step in scores) < 0.1
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 4])
+def test_streaming_embedding_is_openwakewords_windowed_embedding_bit_for_bit(steps_per_call):
+    """The rewritten streaming graph (states, K steps per call) against openWakeWord's own
+    76-frame windows through the shipped graph, on openWakeWord's mel of a real clip."""
+    from openwakeword.utils import AudioFeatures
+
+    from wyoming_oww_rk3588.backends.cpu import CpuFeatures
+    from wyoming_oww_rk3588.models.registry import BUILTIN_DIR
+
+    oww = AudioFeatures(melspec_model_path=str(BUILTIN_DIR / "melspectrogram.onnx"),
+                        embedding_model_path=str(BUILTIN_DIR / "embedding_model.onnx"), inference_framework="onnx")
+    mel = oww._get_melspectrogram(CASES["alexa_test.wav"]()).astype(np.float32)
+    windows = np.stack([mel[i : i + 76] for i in range(0, len(mel) - 75, 8)])
+    theirs = oww.embedding_model_predict(windows[..., None])
+    cpu = CpuFeatures()
+    # 4 leading frames put step k's last frame on openWakeWord's window grid (see the OpenCL test).
+    frames = np.concatenate([mel[:4], mel])[: (len(mel) + 4) // (8 * steps_per_call) * 8 * steps_per_call]
+    states = [np.zeros((1, *s), np.float32) for s in cpu.layout.state_shapes]
+    ours = []
+    for k in range(0, len(frames), 8 * steps_per_call):
+        embeddings, states = cpu.embed_steps(frames[None, k : k + 8 * steps_per_call], states)
+        ours.extend(embeddings[0])
+    ours = np.stack(ours[9:])
+    count = min(len(ours), len(theirs))
+    assert count > 20
+    assert np.array_equal(ours[:count], theirs[:count])

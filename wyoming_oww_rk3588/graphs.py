@@ -100,7 +100,8 @@ def streaming_embedding(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Stream
     state_inputs, state_outputs, names, shapes = [], [], [], []
     # Frequency size entering each layer, tracked to size the states.
     freq = 32
-    for node in nodes[1:-1]:
+    body = _clip_before_leaky_relu(nodes[1:-1], inits, graph)
+    for node in body:
         if node.op_type == "MaxPool":
             kernel = next(a.ints for a in node.attribute if a.name == "kernel_shape")
             freq //= kernel[1]
@@ -158,6 +159,32 @@ def streaming_embedding(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Stream
     del graph.value_info[:]
     onnx.checker.check_model(model)
     return model, StreamingLayout(tuple(names), tuple(shapes))
+
+
+def _clip_before_leaky_relu(nodes: list, inits: dict, graph) -> list:
+    """Rewrite each `Max(LeakyRelu(x, a), c)` as `LeakyRelu(Clip(x, c/a), a)` where that is
+    the same function in float32 (a > 0 > c and a * (c/a) rounds to c exactly): onnxruntime
+    then fuses the Clip into the conv before it instead of running a separate Max pass."""
+    out, i = [], 0
+    while i < len(nodes):
+        node = nodes[i]
+        after = nodes[i + 1] if i + 1 < len(nodes) else None
+        if (node.op_type == "LeakyRelu" and after is not None and after.op_type == "Max"
+                and after.input[0] == node.output[0] and after.input[1] in inits):
+            alpha = np.float32(next((a.f for a in node.attribute if a.name == "alpha"), 0.01))
+            floor = inits[after.input[1]]
+            if floor.size == 1 and alpha > 0 > floor.item():
+                low = np.float32(floor.item() / alpha)
+                if np.float32(alpha * low) == np.float32(floor.item()):
+                    name = f"{node.output[0]}_clip"
+                    graph.initializer.append(numpy_helper.from_array(np.array(low, np.float32), f"{name}_min"))
+                    out += [helper.make_node("Clip", [node.input[0], f"{name}_min"], [name]),
+                            helper.make_node("LeakyRelu", [name], [after.output[0]], alpha=float(alpha))]
+                    i += 2
+                    continue
+        out.append(node)
+        i += 1
+    return out
 
 
 def batched_head(model: onnx.ModelProto) -> onnx.ModelProto:
