@@ -79,3 +79,19 @@ def test_api_rounds_stay_one_frame_each():
     stream.add_samples(np.zeros(FRAME_SAMPLES * 3, np.int16))
     engine.process([stream], max_rounds=1)
     assert engine.advanced == [1] and stream.ready_frames == 2
+
+
+def test_cpu_embedding_calls_split_into_parts_give_what_one_stream_alone_gets():
+    from wyoming_oww_rk3588.backends.cpu import EMBEDDING_ROWS_PER_CALL, CpuFeatures
+
+    cpu = CpuFeatures()
+    rng = np.random.default_rng(5)
+    batch, steps = 40, 4  # parts of EMBEDDING_ROWS_PER_CALL // 4 streams
+    assert batch > EMBEDDING_ROWS_PER_CALL // steps
+    mel = rng.normal(0, 1, (batch, 8 * steps, 32)).astype(np.float32)
+    states = [rng.normal(0, 1, (batch, *s)).astype(np.float32) for s in cpu.layout.state_shapes]
+    together, together_states = cpu.embed_steps(mel, states)
+    for i in (0, 17, 39):
+        alone, alone_states = cpu.embed_steps(mel[i : i + 1], [s[i : i + 1] for s in states])
+        assert np.array_equal(together[i], alone[0])
+        assert all(np.array_equal(a[i], b[0]) for a, b in zip(together_states, alone_states))
