@@ -59,8 +59,8 @@ def test_catching_up_several_frames_per_round_gives_the_same_scores_states_and_d
     live = RecordingEngine(features_backend="cpu", heads_backend="cpu")
     behind = RecordingEngine(features_backend="cpu", heads_backend="cpu")
     live_streams, live_found, live_scores = _run(live, audios, [FRAME_SAMPLES] * len(audios))
-    # Uneven backlogs: 5, 3, 2 and 7 frames at a time (more than a round takes, too).
-    behind_streams, behind_found, behind_scores = _run(behind, audios, [n * FRAME_SAMPLES for n in (5, 3, 2, 7)])
+    # Uneven backlogs: 5, 3, 2 and 9 frames at a time (more than a round takes, too).
+    behind_streams, behind_found, behind_scores = _run(behind, audios, [n * FRAME_SAMPLES for n in (5, 3, 2, 9)])
 
     assert set(live.advanced) == {1}
     assert MAX_STEPS_PER_ROUND in behind.advanced and {2, 3} & set(behind.advanced)

@@ -26,8 +26,8 @@ from .verifier import DEFAULT_VERIFIER_THRESHOLD, Verifier
 
 _LOGGER = logging.getLogger(__name__)
 
-#: Most frames one stream moves per round when it is behind (4 = 320 ms of audio).
-MAX_STEPS_PER_ROUND = 4
+#: Most frames one stream moves per round when it is behind (8 = 640 ms of audio).
+MAX_STEPS_PER_ROUND = 8
 
 
 class Engine:
