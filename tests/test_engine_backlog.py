@@ -95,3 +95,39 @@ def test_cpu_embedding_calls_split_into_parts_give_what_one_stream_alone_gets():
         alone, alone_states = cpu.embed_steps(mel[i : i + 1], [s[i : i + 1] for s in states])
         assert np.array_equal(together[i], alone[0])
         assert all(np.array_equal(a[i], b[0]) for a, b in zip(together_states, alone_states))
+
+
+class _OneStepAtATime:
+    """The CPU backend as a backend without `embed_steps` (like the OpenCL one), optionally
+    offering the fused `features_step`."""
+
+    def __init__(self, fused: bool) -> None:
+        from wyoming_oww_rk3588.backends.cpu import CpuFeatures
+
+        self._cpu = CpuFeatures()
+        self.name, self.layout = "one-step", self._cpu.layout
+        self.melspectrogram, self.embed_step = self._cpu.melspectrogram, self._cpu.embed_step
+        if fused:
+            from wyoming_oww_rk3588.features import scale_mel
+
+            self.features_step = lambda audio, states: self.embed_step(scale_mel(self.melspectrogram(audio)), states)
+
+
+def test_advancing_several_frames_on_a_one_step_backend_equals_single_steps():
+    from wyoming_oww_rk3588.features import FeaturePipeline
+
+    audios = np.stack([a[: 12 * FRAME_SAMPLES] for a in _audios()]).reshape(4, 12, FRAME_SAMPLES)
+    for fused in (False, True):
+        pipe = FeaturePipeline(_OneStepAtATime(fused))
+        assert not pipe.multi_step
+        stepped, advanced = ([pipe.new_state(16) for _ in audios] for _ in range(2))
+        for k in range(12):
+            pipe.step(stepped, audios[:, k])
+        for k in range(0, 12, 3):
+            embeddings = pipe.advance(advanced, audios[:, k : k + 3])
+            for j in range(3):
+                pipe.push(advanced, embeddings[:, j])
+        for a, b in zip(stepped, advanced):
+            assert a.steps == b.steps == 12
+            assert np.array_equal(a.embeddings, b.embeddings) and np.array_equal(a.context, b.context)
+            assert all(np.array_equal(x, y) for x, y in zip(a.conv_states, b.conv_states))
