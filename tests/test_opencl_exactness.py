@@ -241,17 +241,21 @@ def test_nothing_in_the_backend_copies_weights_out_of_the_onnx_files():
         assert np.array_equal(layer.weight, w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
 
 
+def _assert_a_random_step_like_the_cpu(backend, cpu, batch: int, rng) -> None:
+    states = [rng.normal(0, 1, (batch, *s)).astype(np.float32) for s in backend.layout.state_shapes]
+    mel = rng.uniform(-1, 4, (batch, 8, 32)).astype(np.float32)
+    ours, our_states = backend.embed_step(mel, states)
+    theirs, their_states = cpu.embed_step(mel, states)
+    assert np.abs(ours - theirs).max() <= FP32_TOLERANCE
+    assert all(np.abs(a - b).max() <= FP32_TOLERANCE for a, b in zip(our_states, their_states))
+
+
 @pytest.mark.parametrize("mode", ["narrow", "latency", "throughput"])
 def test_both_kernel_tilings_step_like_the_cpu(cpu, mode):
     """Each batch size picks a tiling (narrow, latency, throughput): every one is exact."""
     backend = OpenClFeatures(device="any", tiles={"mode": mode})
     rng = np.random.default_rng(11)
-    states = [rng.normal(0, 1, (100, *s)).astype(np.float32) for s in backend.layout.state_shapes]
-    mel = rng.uniform(-1, 4, (100, 8, 32)).astype(np.float32)
-    ours, our_states = backend.embed_step(mel, states)
-    theirs, their_states = cpu.embed_step(mel, states)
-    assert np.abs(ours - theirs).max() <= FP32_TOLERANCE
-    assert all(np.abs(a - b).max() <= FP32_TOLERANCE for a, b in zip(our_states, their_states))
+    _assert_a_random_step_like_the_cpu(backend, cpu, 100, rng)
     windows = rng.uniform(-1, 4, (5, 76, 32)).astype(np.float32)
     assert np.abs(backend.embed_windows(windows) - cpu.embed_windows(windows)).max() <= FP32_TOLERANCE
     backend.close()
@@ -262,13 +266,7 @@ def test_a_batch_split_into_overlapping_chunks_steps_like_the_cpu(opencl32, cpu,
     from wyoming_oww_rk3588.backends import opencl_plan
 
     monkeypatch.setattr(opencl_plan, "CHUNK_MIN", 8)
-    rng = np.random.default_rng(5)
-    states = [rng.normal(0, 1, (40, *s)).astype(np.float32) for s in opencl32.layout.state_shapes]
-    mel = rng.uniform(-1, 4, (40, 8, 32)).astype(np.float32)
-    ours, our_states = opencl32.embed_step(mel, states)
-    theirs, their_states = cpu.embed_step(mel, states)
-    assert np.abs(ours - theirs).max() <= FP32_TOLERANCE
-    assert all(np.abs(a - b).max() <= FP32_TOLERANCE for a, b in zip(our_states, their_states))
+    _assert_a_random_step_like_the_cpu(opencl32, cpu, 40, np.random.default_rng(5))
 
 
 def test_states_passed_back_as_returned_are_read_in_place_and_stay_exact(opencl32, cpu, monkeypatch):

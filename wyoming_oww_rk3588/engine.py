@@ -111,33 +111,29 @@ class Engine:
             for stream in ready:
                 groups.setdefault(self._steps_for(stream, max_rounds), []).append(stream)
             for steps, members in groups.items():
-                if steps == 1:
-                    self._one_step(members, detections)
-                    continue
-                frames = np.stack([s.take_frames(steps) for s in members])
-                states = [s.features for s in members]
-                embeddings = self.features.advance(states, frames)
-                for k in range(steps):
-                    self.features.push(states, embeddings[:, k])
-                    self._score(members, detections)
+                self._advance(members, steps, detections)
         return detections
 
     def _steps_for(self, stream: StreamState, max_rounds: int | None) -> int:
         # VAD and noise suppression keep their per-frame state: those streams go one by one.
-        if max_rounds is not None or stream.vad is not None or stream.denoiser is not None:
-            return 1
-        if not self.features.multi_step:
+        if max_rounds is not None or stream.vad is not None or stream.denoiser is not None or not self.features.multi_step:
             return 1
         return min(MAX_STEPS_PER_ROUND, stream.ready_frames)
 
-    def _one_step(self, ready: list[StreamState], detections: list) -> None:
-        frames = np.stack([s.take_frame() for s in ready])
-        if self.vad is not None:
-            self.vad.step(ready, frames)  # on the audio as it came, as openWakeWord does
-        if self._speex is not None:
-            frames = suppress_noise(ready, frames)
-        self.features.step([s.features for s in ready], frames)
-        self._score(ready, detections)
+    def _advance(self, streams: list[StreamState], steps: int, detections: list) -> None:
+        """`steps` frames of every stream through the features, then each step through the
+        heads and detectors in order."""
+        frames = np.stack([s.take_frames(steps) for s in streams])  # [B, steps, 1280]
+        if steps == 1:
+            if self.vad is not None:
+                self.vad.step(streams, frames[:, 0])  # on the audio as it came, as openWakeWord does
+            if self._speex is not None:
+                frames = suppress_noise(streams, frames[:, 0])[:, None]
+        states = [s.features for s in streams]
+        embeddings = self.features.advance(states, frames)
+        for k in range(steps):
+            self.features.push(states, embeddings[:, k])
+            self._score(streams, detections)
 
     def _score(self, streams: list[StreamState], detections: list) -> None:
         members: dict[str, tuple[ModelInfo, list[tuple[StreamState, str]]]] = {}

@@ -164,9 +164,9 @@ class FeaturePipeline:
             embeddings, gathered = self._run("embed_steps", mel, gathered)
         else:
             out = []
+            fused = getattr(self.backend, "features_step", None) is not None
             for k in range(steps):
                 context = contexts if k == 0 else frames[:, k - 1, -MEL_CONTEXT_SAMPLES:]
-                fused = getattr(self.backend, "features_step", None) is not None
                 if fused and (k > 0 or all(s.steps > 0 for s in states)):
                     # A backend that offers it runs mel, scaling and embedding in one device round trip.
                     audio = np.concatenate([context, frames[:, k]], axis=1).astype(np.float32)

@@ -38,10 +38,6 @@ class StreamState:
     def ready_frames(self) -> int:
         return self.pending_samples // FRAME_SAMPLES
 
-    def take_frame(self) -> np.ndarray:
-        """The next 1280 samples (call only when `ready`)."""
-        return self.take_frames(1)[0]
-
     def take_frames(self, count: int) -> np.ndarray:
         """The next `count` frames, [count, 1280] (call only when `ready_frames >= count`)."""
         buffer = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]

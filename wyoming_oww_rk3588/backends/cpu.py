@@ -116,7 +116,7 @@ class CpuFeatures:
 
     def _embed(self, mel: np.ndarray, states: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         feeds = {"mel": np.ascontiguousarray(mel[..., None], dtype=np.float32)}
-        feeds.update(zip(self._state_names, (np.ascontiguousarray(s) for s in states)))
+        feeds.update(zip(self._state_names, states))  # batch slices of C-ordered arrays stay contiguous
         out = self._step.run(None, feeds)
         return out[0], out[1:]
 
