@@ -71,8 +71,8 @@ def fft_melspectrogram(audio: np.ndarray, window: np.ndarray, mel_matrix: np.nda
 
 
 #: Stream-steps per onnxruntime call of the streaming embedding: bigger calls spill the
-#: activations out of the caches (measured on a 2-core EPYC: 16 streams x 4 steps take 163 us
-#: per step, 200 x 4 take 196 us; 64 x 1 179, 200 x 1 191).
+#: activations out of the caches (benchmarks/bench_backlog.py: 5-15 % less per step at 200
+#: streams that are behind, the same when live).
 EMBEDDING_ROWS_PER_CALL = 64
 
 
