@@ -142,3 +142,112 @@ def generated(kind: str, seconds: float = 5.0, seed: int = 0) -> np.ndarray:
     else:
         raise ValueError(kind)
     return np.clip(x, -32768, 32767).astype(np.int16)
+
+
+# Signals of every kind, for exactness on any audio (not only speech) -------------------------
+
+SIGNAL_SECONDS = 6.0  # the timer's windows hold only the stream's own audio from 3.44 s
+FULL_SCALE = 32767
+DFT_BIN_HZ = 16000 / 512  # the mel model's STFT bins
+
+
+def _int16(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(x), -32768, 32767).astype(np.int16)
+
+
+def _chirp(t: np.ndarray, f0: float, f1: float, method: str) -> np.ndarray:
+    """sin of the phase of a sweep f0 -> f1 over t[-1] seconds, linear or exponential in frequency."""
+    span = t[-1] + 1 / 16000
+    if method == "linear":
+        phase = f0 * t + (f1 - f0) / (2 * span) * t**2
+    else:
+        k = (f1 / f0) ** (1 / span)
+        phase = f0 * (k**t - 1) / np.log(k)
+    return np.sin(2 * np.pi * phase)
+
+
+def _pink(rng: np.random.Generator, n: int) -> np.ndarray:
+    spectrum = np.fft.rfft(rng.normal(0, 1, n))
+    spectrum[1:] /= np.sqrt(np.arange(1, len(spectrum)))
+    spectrum[0] = 0
+    x = np.fft.irfft(spectrum, n)
+    return x / x.std()
+
+
+def signal_kinds(seconds: float = SIGNAL_SECONDS) -> dict[str, dict[str, np.ndarray]]:
+    """kind -> {name: int16 audio}: sweeps over the whole band, tones on and between STFT bins,
+    square waves, clipped full scale, DC offsets, impulse trains, a lone click, white and pink
+    noise, and the clips from 1 % to 300 % gain (clipped). Seeded: the same audio every call."""
+    n = int(seconds * 16000) // FRAME_SAMPLES * FRAME_SAMPLES
+    t = np.arange(n) / 16000
+    rng = np.random.default_rng(12)
+    amplitudes = (100, 1000, 8000, FULL_SCALE)
+    kinds: dict[str, dict[str, np.ndarray]] = {}
+    for method in ("linear", "exponential"):
+        kinds[f"chirp_{method}"] = {f"{a}": _int16(a * _chirp(t, 20, 7900, method)) for a in amplitudes}
+    # The case that showed the problem: low noise, then a 3 s sweep 100 -> 2600 Hz at 8000.
+    low = rng.normal(0, 30, n)
+    sweep = 8000 * _chirp(np.arange(3 * 16000) / 16000, 100, 2600, "linear")
+    kinds["chirp_linear"]["after_noise"] = _int16(np.concatenate([low[: 2 * 16000], sweep, low[: n - 5 * 16000]]))
+    for name, offset in (("tone_bin_centre", 0.0), ("tone_between_bins", 0.5)):
+        kinds[name] = {
+            f"{(k + offset) * DFT_BIN_HZ:g}Hz_{a}": _int16(a * np.sin(2 * np.pi * (k + offset) * DFT_BIN_HZ * t + 0.3))
+            for k, a in ((5, FULL_SCALE), (16, 8000), (100, 8000), (200, 1000))
+        }
+    kinds["square"] = {
+        f"{f}Hz_{a}": _int16(a * np.sign(np.sin(2 * np.pi * f * t + 0.1)))
+        for f, a in ((200, 8000), (1000, FULL_SCALE), (3100, 4000))
+    }
+    speech = generated("speechlike", seconds, seed=5).astype(np.float64)
+    kinds["clipped_full_scale"] = {
+        "speechlike_x8": _int16(speech * 8),
+        "alexa_x20": _int16(np.resize(padded(load_wav("alexa_test.wav"), 1.5, 2.0), n) * 20.0),
+        "sine_x4": _int16(4 * FULL_SCALE * np.sin(2 * np.pi * 440 * t)),
+    }
+    kinds["dc_offset"] = {
+        "constant_20000": np.full(n, 20000, np.int16),
+        "noise_plus_5000": _int16(5000 + rng.normal(0, 100, n)),
+        "tone_minus_12000": _int16(-12000 + 4000 * np.sin(2 * np.pi * 440 * t)),
+    }
+    impulses = {}
+    for hz, a in ((100, FULL_SCALE), (3, 20000), (1000, 8000)):
+        x = np.zeros(n)
+        x[:: int(16000 / hz)] = a
+        impulses[f"{hz}Hz_{a}"] = _int16(x)
+    kinds["impulse_train"] = impulses
+    click = np.zeros(n)
+    click[int(4.1 * 16000)] = FULL_SCALE
+    kinds["click"] = {
+        "in_silence": _int16(click),
+        "in_low_noise": _int16(click + rng.normal(0, 3, n)),
+        "negative_burst": _int16(-32768.0 * (np.arange(n) // 8 == int(4.1 * 16000) // 8)),
+    }
+    kinds["noise"] = {
+        "white_100": _int16(rng.normal(0, 100, n)),
+        "white_10000": _int16(rng.normal(0, 10000, n)),
+        "pink_3000": _int16(3000 * _pink(rng, n)),
+        "pink_30": _int16(30 * _pink(rng, n)),
+    }
+    clips = {}
+    for clip in ("alexa_test.wav", "hey_mycroft_test.wav", "hey_jane.wav"):
+        audio = np.resize(padded(load_wav(clip), 2.5, 2.0), n).astype(np.float64)
+        for gain in (0.01, 0.1, 1.0, 3.0):
+            clips[f"{clip[:-4]}_x{gain:g}"] = _int16(audio * gain)
+    kinds["clips_at_gains"] = clips
+    return kinds
+
+
+#: Every built-in head that openWakeWord 0.6.0 runs from an ONNX file.
+BUILTIN_ONNX_HEADS = ["alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "okay_nabu", "timer", "weather"]
+
+
+def score_differences(ours: list[dict], ref: list[dict], registry, heads: list[str]) -> dict[str, float]:
+    """label -> max |ours - openWakeWord| over every step whose windows hold only the stream's audio."""
+    assert len(ours) == len(ref)
+    out = {}
+    for name in heads:
+        info = registry.resolve(name)
+        start = first_exact_step(info.window) - 1  # 0-based index of the first exact step
+        for label in info.labels:
+            out[label] = max(abs(a[label] - b[label]) for a, b in zip(ours[start:], ref[start:]))
+    return out

@@ -10,8 +10,6 @@ import threading
 
 import numpy as np
 import onnx
-import scipy.fft
-from onnx import numpy_helper
 
 from .. import graphs
 from ..errors import BackendUnavailable, ModelError
@@ -37,39 +35,6 @@ def make_session(model: onnx.ModelProto | str, threads: int = 1):
     return ort.InferenceSession(source, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def fft_mel_weights(mel_model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray] | None:
-    """(analysis window [512], mel matrix [257, 32]) when the model's STFT convs are exactly a
-    windowed 512-point DFT (as DESIGN.md measured), else None.
-
-    Then an rFFT computes the same power spectrum for ~1/20 of the conv's arithmetic.
-    """
-    inits = {i.name: numpy_helper.to_array(i) for i in mel_model.graph.initializer}
-    convs = [n for n in mel_model.graph.node if n.op_type == "Conv"]
-    matmul = next((n for n in mel_model.graph.node if n.op_type == "MatMul"), None)
-    if len(convs) != 2 or matmul is None:
-        return None
-    real, imag = (inits[c.input[1]][:, 0, :].astype(np.float64) for c in convs)
-    if real.shape != (257, 512):
-        return None
-    window = real[0]
-    k, n = np.arange(257)[:, None], np.arange(512)
-    angle = 2 * np.pi * k * n / 512
-    if max(np.abs(window * np.cos(angle) - real).max(), np.abs(-window * np.sin(angle) - imag).max()) > 1e-6:
-        return None
-    return window.astype(np.float32), inits[matmul.input[1]].astype(np.float32)
-
-
-def fft_melspectrogram(audio: np.ndarray, window: np.ndarray, mel_matrix: np.ndarray) -> np.ndarray:
-    """The mel model's function (power STFT, mel, 10*log10, top-80 dB clip per row) via rFFT."""
-    frames = np.lib.stride_tricks.sliding_window_view(audio, len(window), axis=1)[:, ::160]
-    # In float64: numpy's float32 rFFT computes as accurately and no faster, and scipy's
-    # pocketfft (several rows per SIMD pass) takes half numpy's time here.
-    spectrum = scipy.fft.rfft((frames * window).astype(np.float64), axis=-1, overwrite_x=True)
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-    db = np.float32(10) * np.log10(np.maximum(power @ mel_matrix, np.float32(1e-10)))
-    return np.maximum(db, db.max(axis=(1, 2), keepdims=True) - np.float32(80))
-
-
 #: Stream-steps per onnxruntime call of the streaming embedding: bigger calls spill the
 #: activations out of the caches (benchmarks/bench_backlog.py: 5-15 % less per step at 200
 #: streams that are behind, the same when live).
@@ -89,15 +54,13 @@ class CpuFeatures:
         mel_model = onnx.load(str(builtin_feature_path("melspectrogram")))
         embedding_model = onnx.load(str(builtin_feature_path("embedding")))
         self._mel = make_session(graphs.batched_mel(mel_model), threads)
-        self._fft = fft_mel_weights(mel_model)
         streaming, self.layout = graphs.streaming_embedding(embedding_model)
         self._step = make_session(streaming, threads)
         self._window = make_session(embedding_model, threads)
         self._state_names = list(self.layout.state_names)
 
     def melspectrogram(self, audio: np.ndarray) -> np.ndarray:
-        if self._fft is not None:
-            return fft_melspectrogram(np.asarray(audio, np.float32), *self._fft)
+        # The model's own STFT conv, batched: row for row bit-identical to openWakeWord's call.
         out = self._mel.run(None, {"input": np.ascontiguousarray(audio, dtype=np.float32)})[0]
         return out[:, 0]  # [B, 1, F, 32] -> [B, F, 32]
 

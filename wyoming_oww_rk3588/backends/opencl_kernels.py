@@ -16,12 +16,36 @@ from onnx import numpy_helper
 
 from ..errors import BackendUnavailable
 from ..graphs import CONV_CONTEXT_ROWS
-from .cpu import fft_mel_weights
 
 STEP_FRAMES = 8  # new mel frames per 80 ms step
 WINDOW_FRAMES = 76  # openWakeWord's embedding window
 MEL_BINS = 32
 EMBEDDING_DIM = 96
+
+
+def fft_mel_weights(mel_model: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray] | None:
+    """(analysis window [512], mel matrix [257, 32]) when the model's STFT convs are exactly a
+    windowed 512-point DFT (as DESIGN.md measured), else None.
+
+    Then the mel kernel runs an FFT (in float-float) for the same power spectrum. The CPU backend
+    keeps the conv itself: an FFT is more exact, but openWakeWord's float32 conv rounds quiet
+    bins differently enough to move scores by ~1e-4..1e-3 on narrow-band audio (chirps, tones),
+    and the CPU path promises openWakeWord's scores on any audio.
+    """
+    inits = {i.name: numpy_helper.to_array(i) for i in mel_model.graph.initializer}
+    convs = [n for n in mel_model.graph.node if n.op_type == "Conv"]
+    matmul = next((n for n in mel_model.graph.node if n.op_type == "MatMul"), None)
+    if len(convs) != 2 or matmul is None:
+        return None
+    real, imag = (inits[c.input[1]][:, 0, :].astype(np.float64) for c in convs)
+    if real.shape != (257, 512):
+        return None
+    window = real[0]
+    k, n = np.arange(257)[:, None], np.arange(512)
+    angle = 2 * np.pi * k * n / 512
+    if max(np.abs(window * np.cos(angle) - real).max(), np.abs(-window * np.sin(angle) - imag).max()) > 1e-6:
+        return None
+    return window.astype(np.float32), inits[matmul.input[1]].astype(np.float32)
 
 
 def kernel_source(name: str) -> str:
