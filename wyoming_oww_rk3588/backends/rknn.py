@@ -1,6 +1,7 @@
 """Wake-word heads on the RK3588 NPU through rknn-toolkit-lite2's RKNNLite, one padded batch per call.
-Heads are converted beforehand (`python -m wyoming_oww_rk3588.rknn convert`); a head without a
-usable .rknn is declined by `unsupported_reason` and runs on the CPU."""
+The built-in heads ship pre-converted (rknn/builtin.py); other heads are converted beforehand
+(`python -m wyoming_oww_rk3588.rknn convert`). A head without a usable .rknn is declined by
+`unsupported_reason` and runs on the CPU."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..errors import BackendFailed, BackendUnavailable
 from ..models.registry import ModelInfo
-from ..rknn import cache
+from ..rknn import builtin, cache
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -156,7 +157,12 @@ class RknnHeads:
         self._lock = threading.Lock()
 
     def _find(self, model: ModelInfo) -> tuple[Path, dict] | None:
-        return cache.find_entry(self.cache_dir, model, batch=self.batch)
+        """The user's cache first (their own conversion, say for another runtime release), else the
+        file shipped for a built-in head; else whatever the cache says (its reason is reported)."""
+        found = cache.find_entry(self.cache_dir, model, batch=self.batch)
+        if found is not None and found[1].get("status") == "ok" and cache.rknn_problem(*found) is None:
+            return found
+        return builtin.find(model, self.batch) or found
 
     def unsupported_reason(self, model: ModelInfo) -> str | None:
         if model.name in self._heads:
