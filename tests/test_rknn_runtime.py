@@ -109,6 +109,26 @@ def test_a_head_never_converted_is_declined_with_the_command_that_converts_it(np
     assert "python -m wyoming_oww_rk3588.rknn convert" in reason and "empty" in reason
 
 
+def test_in_the_add_on_a_head_never_converted_says_to_convert_on_a_pc_and_copy_it_to_share(npu, tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERVISOR_TOKEN", "x")  # the add-on has no rknn-toolkit2 to convert with
+    share = tmp_path / "share" / "rk3588" / "rknn"
+    reason = RknnHeads(cache_dir=share, runtime_factory=npu.RKNNLite).unsupported_reason(custom("alexa"))
+    assert "convert it on a PC" in reason and f"copy the rknn folder's files to {share}" in reason
+
+
+@pytest.mark.parametrize("in_addon, board, expected", [
+    (True, {"lib": False}, "copy rknn-toolkit2 2.5.0's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so to "
+                           "/share/rk3588/ and restart the add-on"),
+    (False, {"lib": False}, "librknnrt.so there (docs/npu.md)"),
+    (True, {"node": None}, "restart the add-on"),
+    (False, {"node": None}, "docker run --device /dev/dri/renderD129"),
+])
+def test_the_board_probe_gives_the_add_ons_fix_in_the_add_on(tmp_path, in_addon, board, expected):
+    with pytest.raises(BackendUnavailable) as err:
+        probe_board(_board(tmp_path, **board), machine="aarch64", in_addon=in_addon)
+    assert expected in str(err.value) and ("docker" not in str(err.value) if in_addon else True)
+
+
 def test_a_head_the_toolkit_could_not_convert_is_declined_with_the_toolkit_reason(npu, tmp_path):
     model = custom("hey_jarvis")
     for path in tmp_path.glob("hey_jarvis*"):
