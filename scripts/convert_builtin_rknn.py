@@ -6,8 +6,10 @@ cannot run an exported file), then compared with onnxruntime on the reference cl
 random windows and the zero window. Only if every head is within 2e-2 and fires on the same clips
 are the files written to models/builtin/rknn/ (the converter's cache format) and pinned in the
 manifest's "rknn" section with the toolkit, the source model's sha256 and the check figures.
-Rerun when a built-in model, the toolkit or the converter's recipe changes (tests/test_rknn_builtin.py
-says when). Exits 1 if a head fails its check, 2 without a toolkit.
+It also records the shipped build's simulator scores for the runtime tests' fake RKNNLite
+(tests/fixtures/rknn/simulator_scores.npz). Rerun when a built-in model, the toolkit or the
+converter's recipe changes (tests/test_rknn_builtin.py says when). Exits 1 if a head fails its
+check, 2 without a toolkit.
 
 Run from the repository root: `python scripts/convert_builtin_rknn.py [--toolkit-python PATH]`
 (default: as `python -m wyoming_oww_rk3588.rknn convert`, e.g. the checkout's .venv-rknn).
@@ -27,11 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 from wyoming_oww_rk3588.models.registry import ModelRegistry, load_manifest  # noqa: E402
 from wyoming_oww_rk3588.rknn import builtin, cache  # noqa: E402
-from wyoming_oww_rk3588.rknn.check import check_rows, clip_features, compare, default_clips_dir, reference_backend  # noqa: E402
+from wyoming_oww_rk3588.rknn.check import (  # noqa: E402
+    check_rows, clip_features, compare, default_clips_dir, record_fixture, reference_backend)
 from wyoming_oww_rk3588.rknn.convert import Converter  # noqa: E402
 from wyoming_oww_rk3588.rknn.toolkit import Toolkit, ToolkitError  # noqa: E402
 
 MANIFEST = ROOT / "wyoming_oww_rk3588" / "models" / "builtin" / "manifest.json"
+#: The runtime tests' fake RKNNLite answers with these scores: those of the shipped build.
+FIXTURE = ROOT / "tests" / "fixtures" / "rknn" / "simulator_scores.npz"
 
 
 def dump_manifest(manifest: dict) -> str:
@@ -67,18 +72,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rknn-builtin-") as tmp:
         converter = Converter(Path(tmp), toolkit, batch=cache.DEFAULT_BATCH)
         results = converter.convert(models, {name: r.all for name, r in rows.items()}, force=True)
-        pins, failed = {}, []
+        pins, failed, checked = {}, [], []
         print(f"{'head':<12} {'size':>9}  {'clips':>7} {'random':>7} {'zero':>7}  fires on (cpu = npu)")
         for res in results:
             model = res.model
             if res.action != "converted" or res.scores is None:
                 failed.append(f"{model.name}: {res.entry.get('reason') or res.check_error}")
                 continue
-            head = compare(model, rows[model.name], res.scores, reference_backend(model).score(model, rows[model.name].all))
+            cpu = reference_backend(model).score(model, rows[model.name].all)
+            head = compare(model, rows[model.name], res.scores, cpu)
             if not head.ok:
                 failed.append(f"{model.name}: off by more than 2e-2 or fires on other clips ({head})")
                 continue
             entry = res.entry
+            checked.append((model, res.scores))
             pins[model.name] = {
                 "file": f"rknn/{entry['rknn_file']}", "sha256": entry["rknn_sha256"], "toolkit": entry["toolkit"],
                 "platform": entry["platform"], "batch": entry["batch"], "recipe": entry["recipe"],
@@ -101,6 +108,9 @@ def main() -> int:
     manifest = load_manifest()
     manifest["rknn"] = {name: pins[name] for name in manifest["heads"]}
     MANIFEST.write_text(dump_manifest(manifest))
+    record_fixture(FIXTURE, clips, checked,
+                   {"toolkit": results[0].entry["toolkit"], "platform": cache.PLATFORM, "batch": cache.DEFAULT_BATCH})
+    print(f"recorded the shipped build's simulator scores in {FIXTURE.relative_to(ROOT)}")
     total = sum(p.stat().st_size for p in builtin.BUILTIN_RKNN_DIR.glob("*.rknn"))
     print(f"wrote {len(pins)} heads to {builtin.BUILTIN_RKNN_DIR.relative_to(ROOT)} ({total / 1e6:.1f} MB) "
           f"and pinned them in {MANIFEST.relative_to(ROOT)}")

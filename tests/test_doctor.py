@@ -226,7 +226,8 @@ def test_on_a_plain_host_the_fixes_are_the_hosts_and_dockers(tmp_path):
 
 
 @pytest.mark.parametrize("environ, expected", [
-    ({"SUPERVISOR_TOKEN": "abc"}, True), ({"HASSIO_TOKEN": "abc"}, True), ({}, False), ({"SUPERVISOR_TOKEN": ""}, False),
+    ({"SUPERVISOR_TOKEN": "abc"}, True), ({"HASSIO_TOKEN": "abc"}, True), ({}, False),
+    ({"SUPERVISOR_TOKEN": ""}, False),
 ])
 def test_the_add_on_is_recognised_by_the_token_the_supervisor_gives_it(environ, expected):
     from wyoming_oww_rk3588 import addon

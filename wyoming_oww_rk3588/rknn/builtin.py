@@ -29,6 +29,7 @@ def find(model: ModelInfo, batch: int | None = None) -> tuple[Path, dict] | None
     if pin is None or pin["source_sha256"] != model.sha256 or batch not in (None, pin["batch"]):
         return None
     found = cache.find_entry(BUILTIN_RKNN_DIR, model, batch=pin["batch"])
-    if found is None or found[1].get("rknn_sha256") != pin["sha256"] or found[1].get("rknn_file") != Path(pin["file"]).name:
+    if found is None or (found[1].get("rknn_file"), found[1].get("rknn_sha256")) != (Path(pin["file"]).name,
+                                                                                      pin["sha256"]):
         return None
     return found
