@@ -120,3 +120,30 @@ def test_the_current_python_is_the_toolkit_when_it_has_rknn_api(monkeypatch):
     monkeypatch.delenv(toolkit.PYTHON_ENV)
     monkeypatch.setattr(toolkit, "current_has_toolkit", lambda: False)
     assert toolkit.default_python() == REPO / ".venv-rknn" / "bin" / "python"  # from this checkout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["alexa", "--out", "/proc/no/such/folder"], "pass --out with a folder you can write"),
+    (["nosuch", "--out", "{tmp}"], "unknown wake word model 'nosuch'"),
+    (["alexa", "--out", "{tmp}", "--batch", "0"], "batch must be >= 1"),
+    (["alexa", "--out", "{tmp}", "--record-fixture", "{tmp}/x.npz"], "--record-fixture needs --check"),
+])
+def test_usage_errors_are_one_line_with_exit_2(tmp_path, capsys, args, says):
+    from wyoming_oww_rk3588.rknn.__main__ import main
+
+    assert main(["convert", *(a.format(tmp=tmp_path) for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+
+
+@needs_toolkit
+def test_an_unreadable_clip_is_one_line(tmp_path, capsys):
+    from wyoming_oww_rk3588.rknn.__main__ import main
+
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "broken.wav").write_bytes(b"RIFF")
+    assert main(["convert", "alexa", "--out", str(tmp_path), "--check", "--clips", str(clips),
+                 "--toolkit-python", str(TOOLKIT)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read clip" in err and "--clips" in err, err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -72,7 +73,14 @@ def _convert(args: argparse.Namespace) -> int:
     models = list(registry.models.values()) if args.all else [registry.resolve(n) for n in args.models]
     if args.record_fixture and not args.check:
         raise ModelError("--record-fixture needs --check")
-    converter = Converter(args.out or cache.default_cache_dir(), Toolkit(args.toolkit_python), batch=args.batch)
+    out = args.out or cache.default_cache_dir()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as err:
+        raise ModelError(f"cannot write to {out} ({err.strerror or err}); pass --out with a folder you can write") from err
+    converter = Converter(out, Toolkit(args.toolkit_python), batch=args.batch)
 
     clips, rows = None, {}
     if args.check:

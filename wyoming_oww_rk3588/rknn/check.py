@@ -67,7 +67,8 @@ def clip_features(clips_dir: Path) -> ClipFeatures:
         try:
             audio = padded_clip(path)
         except (OSError, EOFError, ValueError, wave.Error) as err:
-            raise ClipsError(f"cannot read clip {path}: {err}; pass --clips DIR with 16 kHz mono .wav files") from err
+            raise ClipsError(f"cannot read clip {path} ({str(err) or type(err).__name__}); "
+                             "pass --clips DIR with 16 kHz mono .wav files") from err
         state = pipeline.new_state(1)
         frames = audio.reshape(-1, FRAME_SAMPLES)
         steps[path.stem] = np.stack([pipeline.step([state], frame[None])[0] for frame in frames])
