@@ -241,8 +241,8 @@ def check_npu(r: Report, root: Path, machine: str, in_addon: bool) -> None:
     versions = [v for n in npu if n.name != "rknpu" and (v := drm_driver(n, root)[1])]
     driver = driver_version(root) or (tuple(int(x) for x in versions[0].split(".")) if versions else None)
     if driver is None:
-        r.add("WARN", "rknpu driver", "version not readable here; on the host"
-              + (" (SSH to it, not this add-on)" if in_addon else "") + ": cat /sys/kernel/debug/rknpu/version")
+        where = "in a shell on the host (not in this add-on)" if in_addon else "on the host"
+        r.add("WARN", "rknpu driver", f"version not readable here; {where}: cat /sys/kernel/debug/rknpu/version")
     elif driver < MIN_DRIVER:
         r.add("MISSING", "rknpu driver", f"{'.'.join(map(str, driver))} is older than "
               f"{'.'.join(map(str, MIN_DRIVER))}; fix: update the board's kernel")

@@ -171,12 +171,14 @@ class RknnHeads:
             return found
         return builtin.find(model, self.batch) or found
 
-    def _convert_advice(self, force: bool = False) -> str:
+    def _convert_advice(self, model: ModelInfo, force: bool = False) -> str:
         """How to get a .rknn: the command here, or in the add-on (which has no converter) a PC's."""
         flag = " --force" if force else ""
         if addon.in_addon():
-            return (f"convert it on a PC with rknn-toolkit2 (`python -m wyoming_oww_rk3588.rknn convert --all "
-                    f"--out rknn{flag}`, docs/npu.md) and copy the rknn folder's files to {self.cache_dir}")
+            custom = "" if model.builtin else " --custom-model-dir YOUR_MODELS"
+            return (f"convert it on a PC with rknn-toolkit2 (`python -m wyoming_oww_rk3588.rknn convert "
+                    f"{model.name}{custom} --out rknn{flag}`, docs/npu.md) and copy the rknn folder's files "
+                    f"to {self.cache_dir}")
         return f"run `{_CONVERT.format(dir=self.cache_dir)}{flag}`"
 
     def unsupported_reason(self, model: ModelInfo) -> str | None:
@@ -184,13 +186,13 @@ class RknnHeads:
             return None
         found = self._find(model)
         if found is None:
-            return f"no converted .rknn in {self.cache_dir}; {self._convert_advice()}"
+            return f"no converted .rknn in {self.cache_dir}; {self._convert_advice(model)}"
         json_path, entry = found
         if entry.get("status") != "ok":
             return f"rknn-toolkit2 {entry.get('toolkit')} could not convert it ({entry.get('reason')})"
         problem = cache.rknn_problem(json_path, entry)
         if problem:
-            return f"{problem}; {self._convert_advice(force=True)}"
+            return f"{problem}; {self._convert_advice(model, force=True)}"
         if (entry.get("window"), entry.get("n_outputs")) != (model.window, model.n_outputs):
             return f"{json_path.name} does not match the model's shapes; convert it again"
         return None
@@ -222,7 +224,7 @@ class RknnHeads:
             if ret != 0:
                 raise BackendUnavailable(
                     f"RKNNLite.load_rknn({rknn_path.name}) returned {ret}; convert it again: "
-                    f"{self._convert_advice(force=True)}"
+                    f"{self._convert_advice(model, force=True)}"
                 )
             ret = runtime.init_runtime(core_mask=getattr(runtime, CORE_MASKS[self.core_mask]))
             if ret != 0:

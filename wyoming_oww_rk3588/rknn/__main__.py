@@ -79,7 +79,8 @@ def _convert(args: argparse.Namespace) -> int:
         if not os.access(out, os.W_OK):
             raise PermissionError("not writable")
     except OSError as err:
-        raise ModelError(f"cannot write to {out} ({err.strerror or err}); pass --out with a folder you can write") from err
+        raise ModelError(f"cannot write to {out} ({err.strerror or err}); "
+                         "pass --out with a folder you can write") from err
     converter = Converter(out, Toolkit(args.toolkit_python), batch=args.batch)
 
     clips, rows = None, {}
