@@ -122,8 +122,8 @@ def test_a_node_that_exists_but_does_not_open_asks_for_passthrough(tmp_path):
     got = {topic: (status, text) for status, topic, text in report.lines}
     assert got["Mali node"][0] == "MISSING" and "does not open" in got["Mali node"][1]
     assert "docker run --device /dev/mali0" in got["Mali node"][1]
-    assert got["NPU node"] == ("MISSING", "/dev/dri/renderD129 exists but does not open (Is a directory); "
-                                          "fix: pass it to the container")
+    assert got["NPU node"][0] == "MISSING" and "does not open (Is a directory)" in got["NPU node"][1]
+    assert "docker run --device /dev/dri/renderD129" in got["NPU node"][1]
 
 
 def test_npu_render_node_without_sysfs_is_found_by_its_usual_name(tmp_path):
@@ -180,3 +180,62 @@ def test_drm_driver_of_a_node_that_is_no_drm_device_falls_back_to_sysfs(tmp_path
     (tmp_path / "sys/class/drm/null/device").mkdir(parents=True)
     (tmp_path / "sys/class/drm/null/device/uevent").write_text("DRIVER=panthor\n")
     assert doctor.drm_driver(Path("/dev/null"), tmp_path) == ("panthor", "")  # the ioctl answers ENOTTY
+
+
+def _broken_board(root: Path) -> Path:
+    """A board where every NPU and GPU piece needs the user: no librknnrt.so, nodes that do not
+    open, no libmali ICD, no device tree where containers look."""
+    make_board(root, proc_dt=False)
+    (root / "usr/lib/librknnrt.so").unlink()
+    (root / "etc/OpenCL/vendors/mali.icd").unlink()
+    (root / "device-tree/compatible").unlink()
+    for node in ("dev/mali0", "dev/dri/renderD129"):
+        (root / node).unlink()
+        (root / node).mkdir()  # a directory stands in for a node the cgroup refuses
+    return root
+
+
+def _fix_lines(root: Path, in_addon: bool) -> dict[str, str]:
+    report = doctor.Report(io.StringIO())
+    doctor.check_python(report, "aarch64", in_addon)
+    doctor.check_gpu_nodes(report, root, in_addon)
+    doctor.check_opencl(report, root, in_addon)
+    doctor.check_npu(report, root, "aarch64", in_addon)
+    return {f"{topic}: {text}": status for status, topic, text in report.lines if status in ("MISSING", "WARN")}
+
+
+def test_in_the_add_on_every_fix_says_where_to_put_files_and_never_docker_flags(tmp_path):
+    found = _fix_lines(_broken_board(tmp_path), in_addon=True)
+    text = "\n".join(found)
+    assert "docker" not in text and "apt-get" not in text and "pip install" not in text, text
+    assert "copy librknnrt.so to /share/rk3588/ and restart the add-on" in text
+    assert "libmali" in text and "to /share/rk3588/ and restart the add-on" in text
+    assert "the add-on maps it at /device-tree" in text
+    assert "NPU runtime: cannot read" in text  # the backend's own probe speaks the add-on's language too
+    mali = next(line for line in found if line.startswith("Mali node"))
+    assert "restart the add-on" in mali
+
+
+def test_on_a_plain_host_the_fixes_are_the_hosts_and_dockers(tmp_path):
+    found = _fix_lines(_broken_board(tmp_path), in_addon=False)
+    text = "\n".join(found)
+    assert "/share/rk3588" not in text and "add-on" not in text.replace("(add-on: devicetree: true)", ""), text
+    assert "copy rknn-toolkit2's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so to /usr/lib/" in text
+    assert "docker run --device /dev/mali0" in text and "docker run --device /dev/dri/renderD129" in text
+    assert "/etc/OpenCL/vendors/mali.icd" in text
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"SUPERVISOR_TOKEN": "abc"}, True), ({"HASSIO_TOKEN": "abc"}, True), ({}, False),
+    ({"SUPERVISOR_TOKEN": ""}, False),
+])
+def test_the_add_on_is_recognised_by_the_token_the_supervisor_gives_it(environ, expected):
+    from wyoming_oww_rk3588 import addon
+
+    assert addon.in_addon(environ) is expected
+
+
+def test_the_doctor_run_in_the_add_on_gives_no_docker_advice(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERVISOR_TOKEN", "x")
+    code, text = run("--root", str(_broken_board(tmp_path)), "--seconds", "0", "--rknn-cache-dir", str(tmp_path))
+    assert code == 0 and "docker" not in text and "apt-get" not in text, text

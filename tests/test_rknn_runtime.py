@@ -3,6 +3,7 @@ batching, padding, order, core masks, the cache, and every error path are the re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -98,14 +99,38 @@ def test_an_unknown_core_mask_is_a_usage_error(npu, tmp_path):
         heads(npu, tmp_path, core_mask="3")
 
 
+def custom(name: str):
+    """A built-in head as if it were a user's own (no pre-converted file ships for it)."""
+    return dataclasses.replace(REGISTRY.resolve(name), builtin=False)
+
+
 def test_a_head_never_converted_is_declined_with_the_command_that_converts_it(npu, tmp_path):
-    reason = RknnHeads(cache_dir=tmp_path / "empty", runtime_factory=npu.RKNNLite).unsupported_reason(
-        REGISTRY.resolve("alexa"))
+    reason = RknnHeads(cache_dir=tmp_path / "empty", runtime_factory=npu.RKNNLite).unsupported_reason(custom("alexa"))
     assert "python -m wyoming_oww_rk3588.rknn convert" in reason and "empty" in reason
 
 
+def test_in_the_add_on_a_head_never_converted_says_to_convert_on_a_pc_and_copy_it_to_share(npu, tmp_path, monkeypatch):
+    monkeypatch.setenv("SUPERVISOR_TOKEN", "x")  # the add-on has no rknn-toolkit2 to convert with
+    share = tmp_path / "share" / "rk3588" / "rknn"
+    reason = RknnHeads(cache_dir=share, runtime_factory=npu.RKNNLite).unsupported_reason(custom("alexa"))
+    assert "convert it on a PC" in reason and f"copy the rknn folder's files to {share}" in reason
+
+
+@pytest.mark.parametrize("in_addon, board, expected", [
+    (True, {"lib": False}, "copy rknn-toolkit2 2.5.0's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so to "
+                           "/share/rk3588/ and restart the add-on"),
+    (False, {"lib": False}, "librknnrt.so there (docs/npu.md)"),
+    (True, {"node": None}, "restart the add-on"),
+    (False, {"node": None}, "docker run --device /dev/dri/renderD129"),
+])
+def test_the_board_probe_gives_the_add_ons_fix_in_the_add_on(tmp_path, in_addon, board, expected):
+    with pytest.raises(BackendUnavailable) as err:
+        probe_board(_board(tmp_path, **board), machine="aarch64", in_addon=in_addon)
+    assert expected in str(err.value) and ("docker" not in str(err.value) if in_addon else True)
+
+
 def test_a_head_the_toolkit_could_not_convert_is_declined_with_the_toolkit_reason(npu, tmp_path):
-    model = REGISTRY.resolve("hey_jarvis")
+    model = custom("hey_jarvis")
     for path in tmp_path.glob("hey_jarvis*"):
         path.unlink()
     json_path, _ = cache.entry_paths(tmp_path, model, "f" * 64)
@@ -116,7 +141,7 @@ def test_a_head_the_toolkit_could_not_convert_is_declined_with_the_toolkit_reaso
 
 
 def test_a_corrupt_rknn_file_is_declined_and_never_loaded(npu, tmp_path):
-    model = REGISTRY.resolve("alexa")
+    model = custom("alexa")
     (rknn_file,) = tmp_path.glob("alexa*.rknn")
     rknn_file.write_bytes(b"truncated")
     backend = heads(npu, tmp_path)

@@ -27,8 +27,8 @@ from wyoming_oww_rk3588.rknn.check import NPU_TOLERANCE, check_rows, clip_featur
 from wyoming_oww_rk3588.rknn.convert import Converter
 from wyoming_oww_rk3588.rknn.toolkit import Toolkit, default_python
 
-if not default_python().exists():
-    pytest.skip(f"rknn-toolkit2 venv not found at {default_python()}: run .ci/install-rknn.sh (CI does)",
+if default_python() is None or not default_python().exists():
+    pytest.skip(f"rknn-toolkit2 venv not found ({default_python()}): run .ci/install-rknn.sh (CI does)",
                 allow_module_level=True)
 
 REPO = Path(__file__).resolve().parents[1]

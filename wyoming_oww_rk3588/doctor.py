@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, addon
 
-ADDON_VENDOR_DIR = "/share/rk3588"  # where the add-on takes the board's vendor libraries from
+ADDON_VENDOR_DIR = addon.VENDOR_DIR  # where the add-on takes the board's vendor libraries from
+_RESTART = "restart the add-on"
 PACKAGES = {  # distribution -> (what it is for, the extra that installs it)
     "wyoming": ("the Wyoming protocol", ""), "onnxruntime": ("the CPU backend", ""), "numpy": ("everything", ""),
     "pyopencl": ("GPU features over OpenCL", "opencl"), "rknn-toolkit-lite2": ("NPU heads", "rknn"),
@@ -107,7 +108,7 @@ def _package_version(dist: str) -> str | None:
         return None
 
 
-def check_python(r: Report, machine: str) -> None:
+def check_python(r: Report, machine: str, in_addon: bool = False) -> None:
     r.add("OK", "python", f"{platform.python_version()} on {machine}; wyoming-oww-rk3588 {__version__}")
     for dist, (purpose, extra) in PACKAGES.items():
         version = _package_version(dist)
@@ -116,7 +117,10 @@ def check_python(r: Report, machine: str) -> None:
         elif dist == "rknn-toolkit-lite2" and machine != "aarch64":
             r.add("MISSING", dist, f"not installed: it exists for aarch64 only; {purpose} need an RK3588 board")
         else:
-            fix = f"pip install 'wyoming-oww-rk3588[{extra}]'" if extra else "reinstall wyoming-oww-rk3588"
+            if in_addon:  # the image installs every package of its arch: a gap is the image's
+                fix = "update or reinstall the add-on (its image installs this package on aarch64)"
+            else:
+                fix = f"pip install 'wyoming-oww-rk3588[{extra}]'" if extra else "reinstall wyoming-oww-rk3588"
             r.add("MISSING", dist, f"not installed ({purpose}); fix: {fix}")
 
 
@@ -134,8 +138,9 @@ def check_opencl(r: Report, root: Path, in_addon: bool) -> None:
         ctypes.CDLL("libOpenCL.so.1")
         r.add("OK", "OpenCL loader", "libOpenCL.so.1 loads")
     except OSError as err:
-        r.add("MISSING", "OpenCL loader", f"libOpenCL.so.1 does not load ({err}); "
-              "fix: apt-get install ocl-icd-libopencl1")
+        r.add("MISSING", "OpenCL loader", f"libOpenCL.so.1 does not load ({err}); fix: " + (
+            "update or reinstall the add-on (its aarch64 image has the loader)" if in_addon
+            else "apt-get install ocl-icd-libopencl1"))
     icds = {i.name: i.read_text(errors="replace").strip() for i in sorted((root / "etc/OpenCL/vendors").glob("*.icd"))}
     for name, library in icds.items():
         if library.startswith("/") and not (root / library.lstrip("/")).exists():
@@ -176,7 +181,8 @@ def check_gpu_nodes(r: Report, root: Path, in_addon: bool) -> None:
               f"fix: boot the board's vendor kernel (Rockchip BSP 5.10/6.1); {passthrough}")
     elif (error := open_error(mali)) is not None:
         r.add("MISSING", "Mali node", f"/dev/mali0 exists but does not open ({error}); fix: "
-              + ("check the add-on's devices list" if in_addon else "docker run --device /dev/mali0"))
+              + (f"{_RESTART} (Home Assistant maps /dev/mali0 as the host has it at start)" if in_addon
+                 else "docker run --device /dev/mali0"))
     else:
         gpuinfo = root / "sys/class/misc/mali0/device/gpuinfo"
         detail = gpuinfo.read_text(errors="replace").strip() if gpuinfo.is_file() else "GPU details not exposed"
@@ -221,17 +227,22 @@ def check_npu(r: Report, root: Path, machine: str, in_addon: bool) -> None:
         r.add("MISSING", "SoC", f"{' '.join(compatible) or 'unknown'} is not an RK3588: no NPU heads here")
     npu = _npu_nodes(root)
     if not npu:
-        r.add("MISSING", "NPU node", "no /dev/dri/renderD129 (rknpu) nor /dev/rknpu; fix: boot a kernel with "
-              "Rockchip's rknpu driver" + ("" if in_addon else ", then docker run --device /dev/dri/renderD129"))
+        r.add("MISSING", "NPU node", "no /dev/dri/renderD129 (rknpu) nor /dev/rknpu; fix: boot the host with "
+              "Rockchip's rknpu driver (the board's vendor kernel), then " + (
+                  f"{_RESTART} (it maps the node)" if in_addon else "docker run --device /dev/dri/renderD129"))
     for node in npu:
         shown, error = f"/{node.relative_to(root)}", open_error(node)
         r.add("OK", "NPU node", f"{shown} opens") if error is None else r.add(
-            "MISSING", "NPU node", f"{shown} exists but does not open ({error}); fix: pass it to the container")
+            "MISSING", "NPU node", f"{shown} exists but does not open ({error}); fix: " + (
+                f"{_RESTART} (Home Assistant maps it as the host has it at start)" if in_addon
+                else f"give this user access (the node's group, e.g. render), or in a container pass it in "
+                f"(docker run --device {shown})"))
     # debugfs (root only, absent in containers) first, else the DRM version of rknpu's render node.
     versions = [v for n in npu if n.name != "rknpu" and (v := drm_driver(n, root)[1])]
     driver = driver_version(root) or (tuple(int(x) for x in versions[0].split(".")) if versions else None)
     if driver is None:
-        r.add("WARN", "rknpu driver", "version not readable here; on the host: cat /sys/kernel/debug/rknpu/version")
+        where = "in a shell on the host (not in this add-on)" if in_addon else "on the host"
+        r.add("WARN", "rknpu driver", f"version not readable here; {where}: cat /sys/kernel/debug/rknpu/version")
     elif driver < MIN_DRIVER:
         r.add("MISSING", "rknpu driver", f"{'.'.join(map(str, driver))} is older than "
               f"{'.'.join(map(str, MIN_DRIVER))}; fix: update the board's kernel")
@@ -243,12 +254,13 @@ def check_npu(r: Report, root: Path, machine: str, in_addon: bool) -> None:
             f"copy librknnrt.so to {ADDON_VENDOR_DIR}/ and restart the add-on" if in_addon else
             "copy rknn-toolkit2's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so to /usr/lib/"))
     elif (version := rknnrt_version(library)) and lite and version.split(".")[:2] != lite.split(".")[:2]:
-        r.add("WARN", "librknnrt", f"{version} but rknn-toolkit-lite2 {lite}; fix: use the runtime of the "
-              "release of the toolkit that converted the heads")
+        r.add("WARN", "librknnrt", f"{version} but rknn-toolkit-lite2 {lite}; fix: " + (
+            f"copy librknnrt.so of rknn-toolkit2 {lite} to {ADDON_VENDOR_DIR}/ and {_RESTART}" if in_addon
+            else "use the runtime of the release of the toolkit that converted the heads"))
     else:
         r.add("OK", "librknnrt", f"/usr/lib/librknnrt.so {version or '(version string not found)'}")
     try:
-        probe_board(root, machine)
+        probe_board(root, machine, in_addon=in_addon)
         r.add("OK", "NPU runtime", "the board checks of the rknn heads backend pass")
     except BackendUnavailable as err:
         r.add("MISSING", "NPU runtime", str(err))
@@ -369,9 +381,9 @@ def main(argv: list[str] | None = None, stream=None) -> int:
     args = build_parser().parse_args(argv)
     r = Report(stream)
     machine = platform.machine()
-    in_addon = bool(os.environ.get("SUPERVISOR_TOKEN"))
+    in_addon = addon.in_addon()
     for title, topic, check in (
-        ("Python and packages", "packages", lambda: check_python(r, machine)),
+        ("Python and packages", "packages", lambda: check_python(r, machine, in_addon)),
         ("GPU (OpenCL, Mali-G610)", "gpu nodes", lambda: check_gpu_nodes(r, args.root, in_addon)),
         (None, "opencl", lambda: check_opencl(r, args.root, in_addon)),
         ("NPU (RKNN)", "npu", lambda: check_npu(r, args.root, machine, in_addon)),

@@ -1,9 +1,11 @@
 """A thin stand-in for rknn-toolkit-lite2 2.5.0's RKNNLite: same methods, same -1/None failures,
-answering with rknn-toolkit2's simulator scores recorded in tests/fixtures/rknn/ (re-record with
+answering with rknn-toolkit2's simulator scores recorded in tests/fixtures/rknn/ for its own small
+stand-in files and for the real .rknn files shipped for the built-in heads (re-record with
 `python -m wyoming_oww_rk3588.rknn convert --all --check --record-fixture <that file>`)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from wyoming_oww_rk3588.models.registry import ModelInfo
-from wyoming_oww_rk3588.rknn import cache
+from wyoming_oww_rk3588.rknn import builtin, cache
 from wyoming_oww_rk3588.rknn.convert import make_entry
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "rknn" / "simulator_scores.npz"
@@ -19,6 +21,8 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "rknn" / "simulator
 # from each other by far more than this.
 MATCH_ATOL = 1e-4
 _FILE_MAGIC = b"fake-rknn:"
+#: The real .rknn files shipped for the built-in heads, by sha256: the fake loads them as those heads.
+SHIPPED = {pin["sha256"]: name for name, pin in builtin.pins().items()}
 
 
 class Recorded:
@@ -128,7 +132,10 @@ class FakeRKNNLite:
 
     def load_rknn(self, path: str) -> int:
         data = Path(path).read_bytes() if Path(path).is_file() else b""
-        self.model = data[len(_FILE_MAGIC):].decode() if data.startswith(_FILE_MAGIC) else None
+        if data.startswith(_FILE_MAGIC):
+            self.model = data[len(_FILE_MAGIC):].decode()
+        else:
+            self.model = SHIPPED.get(hashlib.sha256(data).hexdigest())
         self._npu.calls.append(("load_rknn", self.model, path))
         fails, result = self._failure("load_rknn", -1)
         if fails:

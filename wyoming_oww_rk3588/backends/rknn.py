@@ -1,6 +1,7 @@
 """Wake-word heads on the RK3588 NPU through rknn-toolkit-lite2's RKNNLite, one padded batch per call.
-Heads are converted beforehand (`python -m wyoming_oww_rk3588.rknn convert`); a head without a
-usable .rknn is declined by `unsupported_reason` and runs on the CPU."""
+The built-in heads ship pre-converted (rknn/builtin.py); other heads are converted beforehand
+(`python -m wyoming_oww_rk3588.rknn convert`). A head without a usable .rknn is declined by
+`unsupported_reason` and runs on the CPU."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import addon
 from ..errors import BackendFailed, BackendUnavailable
 from ..models.registry import ModelInfo
-from ..rknn import cache
+from ..rknn import builtin, cache
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -78,9 +80,11 @@ def _point_runtime_at_mapped_device_tree(root: Path = Path("/")) -> None:
         _LOGGER.info("NPU runtime reads the board's identity from %s (container device tree)", mapped)
 
 
-def probe_board(root: Path = Path("/"), machine: str | None = None) -> None:
-    """Raise BackendUnavailable with the fix when this is not an RK3588 the NPU runtime can use."""
+def probe_board(root: Path = Path("/"), machine: str | None = None, in_addon: bool | None = None) -> None:
+    """Raise BackendUnavailable with the fix when this is not an RK3588 the NPU runtime can use;
+    the fix is the add-on's (files in /share/rk3588) when running in it."""
     machine = machine or platform.machine()
+    in_addon = addon.in_addon() if in_addon is None else in_addon
     if machine != "aarch64":
         raise BackendUnavailable(f"the NPU heads need an RK3588 board (aarch64); this machine is {machine}")
     compatible = None
@@ -92,21 +96,25 @@ def probe_board(root: Path = Path("/"), machine: str | None = None) -> None:
             continue
     if compatible is None:
         raise BackendUnavailable(
-            "cannot read /proc/device-tree/compatible; in a container, map it in (add-on: devicetree: true)"
+            "cannot read /proc/device-tree/compatible nor /device-tree/compatible; "
+            + ("the add-on maps it at /device-tree (devicetree: true): update the add-on" if in_addon
+               else "in a container, map it in (docker run --security-opt systempaths=unconfined)")
         )
     if b"rockchip,rk3588" not in compatible:
         board = compatible.replace(b"\0", b" ").decode(errors="replace").strip()
         raise BackendUnavailable(f"this board ({board}) is not an RK3588; the NPU heads need one")
     if not (root / LIBRKNNRT).is_file():
+        source = "rknn-toolkit2 2.5.0's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so"
         raise BackendUnavailable(
-            f"/{LIBRKNNRT} is missing; copy rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so "
-            "from rknn-toolkit2 2.5.0 there (docs/npu.md)"
+            f"/{LIBRKNNRT} is missing; " + (f"copy {source} to {addon.VENDOR_DIR}/ and restart the add-on"
+                                            if in_addon else f"copy {source} there (docs/npu.md)")
         )
     node = _npu_device(root)
     if node is None:
         raise BackendUnavailable(
-            "no NPU device node (/dev/dri/renderD129 or /dev/rknpu); load the rknpu driver, "
-            "or map the node into the container"
+            "no NPU device node (/dev/dri/renderD129 or /dev/rknpu); boot the host with Rockchip's rknpu driver, "
+            + ("then restart the add-on (it maps the node when the host has it)" if in_addon
+               else "and in a container map the node in (docker run --device /dev/dri/renderD129)")
         )
     version = driver_version(root)
     if version is not None and version < MIN_DRIVER:
@@ -156,20 +164,35 @@ class RknnHeads:
         self._lock = threading.Lock()
 
     def _find(self, model: ModelInfo) -> tuple[Path, dict] | None:
-        return cache.find_entry(self.cache_dir, model, batch=self.batch)
+        """The user's cache first (their own conversion, say for another runtime release), else the
+        file shipped for a built-in head; else whatever the cache says (its reason is reported)."""
+        found = cache.find_entry(self.cache_dir, model, batch=self.batch)
+        if found is not None and found[1].get("status") == "ok" and cache.rknn_problem(*found) is None:
+            return found
+        return builtin.find(model, self.batch) or found
+
+    def _convert_advice(self, model: ModelInfo, force: bool = False) -> str:
+        """How to get a .rknn: the command here, or in the add-on (which has no converter) a PC's."""
+        flag = " --force" if force else ""
+        if addon.in_addon():
+            custom = "" if model.builtin else " --custom-model-dir YOUR_MODELS"
+            return (f"convert it on a PC with rknn-toolkit2 (`python -m wyoming_oww_rk3588.rknn convert "
+                    f"{model.name}{custom} --out rknn{flag}`, docs/npu.md) and copy the rknn folder's files "
+                    f"to {self.cache_dir}")
+        return f"run `{_CONVERT.format(dir=self.cache_dir)}{flag}`"
 
     def unsupported_reason(self, model: ModelInfo) -> str | None:
         if model.name in self._heads:
             return None
         found = self._find(model)
         if found is None:
-            return f"no converted .rknn in {self.cache_dir}; run `{_CONVERT.format(dir=self.cache_dir)}`"
+            return f"no converted .rknn in {self.cache_dir}; {self._convert_advice(model)}"
         json_path, entry = found
         if entry.get("status") != "ok":
             return f"rknn-toolkit2 {entry.get('toolkit')} could not convert it ({entry.get('reason')})"
         problem = cache.rknn_problem(json_path, entry)
         if problem:
-            return f"{problem}; run `{_CONVERT.format(dir=self.cache_dir)} --force`"
+            return f"{problem}; {self._convert_advice(model, force=True)}"
         if (entry.get("window"), entry.get("n_outputs")) != (model.window, model.n_outputs):
             return f"{json_path.name} does not match the model's shapes; convert it again"
         return None
@@ -200,8 +223,8 @@ class RknnHeads:
             ret = runtime.load_rknn(str(rknn_path))
             if ret != 0:
                 raise BackendUnavailable(
-                    f"RKNNLite.load_rknn({rknn_path.name}) returned {ret}; convert it again with "
-                    f"`{_CONVERT.format(dir=self.cache_dir)} --force`"
+                    f"RKNNLite.load_rknn({rknn_path.name}) returned {ret}; convert it again: "
+                    f"{self._convert_advice(model, force=True)}"
                 )
             ret = runtime.init_runtime(core_mask=getattr(runtime, CORE_MASKS[self.core_mask]))
             if ret != 0:

@@ -1,19 +1,21 @@
 """`python -m wyoming_oww_rk3588.rknn convert [--all | MODEL ...] --out DIR [--check] [--batch N]`.
 Exit 0: done (heads the toolkit cannot take are listed: they run on the CPU); 1: a checked head
-is off by more than 2e-2 or fires on other clips than the CPU; 2: bad usage or no toolkit."""
+is off by more than 2e-2 or fires on other clips than the CPU; 2: bad usage, no toolkit or no clips.
+Every failure is one `error:` line saying what to do (--debug adds the traceback)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 from ..errors import ModelError
 from ..models.registry import ModelRegistry
 from . import cache
-from .check import (NPU_TOLERANCE, check_rows, clip_features, compare, default_clips_dir, record_fixture,
-                    reference_backend)
+from .check import (NPU_TOLERANCE, ClipsError, check_rows, clip_features, compare, default_clips_dir,
+                    record_fixture, reference_backend)
 from .convert import Converter
 from .toolkit import PYTHON_ENV, Toolkit, ToolkitError
 
@@ -31,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--batch", type=int, default=cache.DEFAULT_BATCH, help="rows per NPU call (fixed)")
     conv.add_argument("--custom-model-dir", type=Path, action="append", default=[], help="your own heads")
     conv.add_argument("--toolkit-python", type=Path, default=None,
-                      help=f"python of the rknn-toolkit2 venv (default ${PYTHON_ENV} or <repo>/.venv-rknn)")
-    conv.add_argument("--clips", type=Path, default=None, help="16 kHz mono .wav clips for --check")
+                      help=f"python of rknn-toolkit2's venv (default ${PYTHON_ENV}, else this Python if it "
+                           "has rknn.api, else <checkout>/.venv-rknn)")
+    conv.add_argument("--clips", type=Path, default=None,
+                      help="folder of 16 kHz mono .wav clips for --check (default: the ones in the package)")
     conv.add_argument("--record-fixture", type=Path, default=None,
                       help="with --check: save simulator scores for the runtime tests' fake (.npz)")
     conv.add_argument("--force", action="store_true", help="convert again even if cached")
@@ -47,27 +51,43 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(message)s")
-    registry = ModelRegistry(custom_dirs=args.custom_model_dir)
     try:
-        if args.all == bool(args.models):
-            raise ModelError("name models to convert, or pass --all")
-        models = list(registry.models.values()) if args.all else [registry.resolve(n) for n in args.models]
-        if args.record_fixture and not args.check:
-            raise ModelError("--record-fixture needs --check")
-        converter = Converter(args.out or cache.default_cache_dir(), Toolkit(args.toolkit_python), batch=args.batch)
-    except (ModelError, ToolkitError, ValueError) as err:
+        return _convert(args)
+    except (ModelError, ToolkitError, ClipsError, OSError, ValueError) as err:
+        if args.debug:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - one line, never a traceback, unless asked for
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(err).__name__}: {err}; run again with --debug and report it",
+              file=sys.stderr)
+        return 2
+
+
+def _convert(args: argparse.Namespace) -> int:
+    registry = ModelRegistry(custom_dirs=args.custom_model_dir)
+    if args.all == bool(args.models):
+        raise ModelError("name models to convert, or pass --all")
+    models = list(registry.models.values()) if args.all else [registry.resolve(n) for n in args.models]
+    if args.record_fixture and not args.check:
+        raise ModelError("--record-fixture needs --check")
+    out = args.out or cache.default_cache_dir()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as err:
+        raise ModelError(f"cannot write to {out} ({err.strerror or err}); "
+                         "pass --out with a folder you can write") from err
+    converter = Converter(out, Toolkit(args.toolkit_python), batch=args.batch)
 
     clips, rows = None, {}
     if args.check:
         clips = clip_features(args.clips or default_clips_dir())
         rows = {m.name: check_rows(m, clips) for m in models}
-    try:
-        results = converter.convert(models, {name: r.all for name, r in rows.items()}, force=args.force)
-    except (OSError, ToolkitError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    results = converter.convert(models, {name: r.all for name, r in rows.items()}, force=args.force)
 
     print(f"{'head':<14} {'result':<10} {'batch':>5} {'max|d| real':>12} {'random':>8} {'zero':>8}"
           "  detections cpu / npu")

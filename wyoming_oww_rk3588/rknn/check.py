@@ -20,15 +20,13 @@ DETECTION_THRESHOLD = 0.5
 RANDOM_ROWS = 32
 #: Silence around each clip (as tests/reference.py pads), so the phrase's end is seen.
 CLIP_PAD_BEFORE_S, CLIP_PAD_AFTER_S = 1.0, 1.5
-_REPO = Path(__file__).resolve().parents[2]
+#: The reference clips shipped with the package (copies of tests/audio, see SOURCE.md there).
+CLIPS_DIR = Path(__file__).with_name("clips")
 
 
 def default_clips_dir() -> Path:
-    """The repo's test clips (openWakeWord's, see tests/audio/SOURCE.md), else ../shared/audio."""
-    for candidate in (_REPO / "tests" / "audio", _REPO.parent / "shared" / "audio"):
-        if sorted(candidate.glob("*.wav")):
-            return candidate
-    return _REPO / "tests" / "audio"
+    """The clips `--check` uses when not given `--clips`: the ones shipped in the package."""
+    return CLIPS_DIR
 
 
 def padded_clip(path: Path) -> np.ndarray:
@@ -40,6 +38,10 @@ def padded_clip(path: Path) -> np.ndarray:
     before, after = (np.zeros(int(s * SAMPLE_RATE), np.int16) for s in (CLIP_PAD_BEFORE_S, CLIP_PAD_AFTER_S))
     audio = np.concatenate([before, clip, after])
     return audio[: len(audio) // FRAME_SAMPLES * FRAME_SAMPLES]
+
+
+class ClipsError(ValueError):
+    """No usable reference clips; the message says what to pass."""
 
 
 @dataclass
@@ -62,11 +64,16 @@ def clip_features(clips_dir: Path) -> ClipFeatures:
     pipeline = FeaturePipeline(CpuFeatures())
     steps = {}
     for path in sorted(Path(clips_dir).glob("*.wav")):
+        try:
+            audio = padded_clip(path)
+        except (OSError, EOFError, ValueError, wave.Error) as err:
+            raise ClipsError(f"cannot read clip {path} ({str(err) or type(err).__name__}); "
+                             "pass --clips DIR with 16 kHz mono .wav files") from err
         state = pipeline.new_state(1)
-        frames = padded_clip(path).reshape(-1, FRAME_SAMPLES)
+        frames = audio.reshape(-1, FRAME_SAMPLES)
         steps[path.stem] = np.stack([pipeline.step([state], frame[None])[0] for frame in frames])
     if not steps:
-        raise FileNotFoundError(f"no .wav clips in {clips_dir}")
+        raise ClipsError(f"no .wav clips in {clips_dir}; pass --clips DIR with 16 kHz mono .wav files")
     return ClipFeatures(pipeline.silence.embedding.astype(np.float32), steps)
 
 

@@ -1,40 +1,67 @@
 """rknn-toolkit2 as a subprocess: find its interpreter, hand `worker.py` a JSON job, read the result.
-The toolkit pins numpy<=1.26 and onnx<=1.18, so it lives in its own venv (`.ci/install-rknn.sh`)."""
+The toolkit pins numpy<=1.26 and onnx<=1.18, so it usually lives in its own venv (`.ci/install-rknn.sh`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 from .worker import log_problems
 
 PYTHON_ENV = "WYOMING_OWW_RKNN_PYTHON"
 WORKER = Path(__file__).with_name("worker.py")
-_REPO = Path(__file__).resolve().parents[2]
+_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+_HOW = ("install rknn-toolkit2 2.5.0 in its own venv (docs/npu.md: .ci/install-rknn.sh in a checkout), "
+        f"then pass --toolkit-python PATH or set {PYTHON_ENV}")
 
 
 class ToolkitError(RuntimeError):
     """rknn-toolkit2 cannot be run; the message says how to install or point to it."""
 
 
-def default_python() -> Path:
-    """$WYOMING_OWW_RKNN_PYTHON, else <repo>/.venv-rknn/bin/python."""
-    return Path(os.environ.get(PYTHON_ENV) or _REPO / ".venv-rknn" / "bin" / "python")
+def checkout_python() -> Path | None:
+    """<repo>/.venv-rknn/bin/python when this package runs from a source checkout (never from
+    site-packages, where the parent folder is not ours)."""
+    if not (_PACKAGE_PARENT / "pyproject.toml").is_file():
+        return None
+    return _PACKAGE_PARENT / ".venv-rknn" / "bin" / "python"
+
+
+def current_has_toolkit() -> bool:
+    """Whether this interpreter can import rknn.api (found without importing it: that pulls in torch)."""
+    try:
+        return importlib.util.find_spec("rknn.api") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def default_python() -> Path | None:
+    """The toolkit's interpreter when none is given: $WYOMING_OWW_RKNN_PYTHON, else this Python if it
+    has rknn.api, else the checkout's .venv-rknn; None when there is none of these."""
+    if os.environ.get(PYTHON_ENV):
+        return Path(os.environ[PYTHON_ENV])
+    if current_has_toolkit():
+        return Path(sys.executable)
+    return checkout_python()
 
 
 class Toolkit:
     def __init__(self, python: Path | str | None = None, timeout_s: float = 1800) -> None:
-        self.python = Path(python) if python else default_python()
+        """`python`: the toolkit's interpreter (--toolkit-python); default: `default_python()`."""
+        found = Path(python) if python else default_python()
         self.timeout_s = timeout_s
         self._version: str | None = None
-        if not self.python.exists():
-            raise ToolkitError(
-                f"rknn-toolkit2's Python not found at {self.python}; run .ci/install-rknn.sh, "
-                f"or pass --toolkit-python / set {PYTHON_ENV}"
-            )
+        if found is None:
+            raise ToolkitError(f"rknn-toolkit2 not found: this Python ({sys.executable}) cannot import rknn.api "
+                               f"and no toolkit Python is configured; {_HOW}")
+        if not found.exists():
+            raise ToolkitError(f"rknn-toolkit2's Python not found at {found}; {_HOW}")
+        self.python = found
 
     def version(self, workdir: Path) -> str:
         if self._version is None:
