@@ -95,6 +95,23 @@ def engine_scores(engine, audios: list[np.ndarray], names: list[str]) -> list[li
     return out
 
 
+
+def engine_detections(engine, audios: list[np.ndarray], names: list[str]) -> list[tuple[int, str, int]]:
+    """(stream index, label, step) of every detection, several streams advanced together."""
+    models = [(n, engine.registry.resolve(n)) for n in names]
+    streams = [engine.open_stream(models) for _ in audios]
+    index = {id(stream): i for i, stream in enumerate(streams)}
+    found = []
+    for step in range(max(len(a) for a in audios) // FRAME_SAMPLES):
+        live = []
+        for stream, audio in zip(streams, audios):
+            chunk = audio[step * FRAME_SAMPLES : (step + 1) * FRAME_SAMPLES]
+            if len(chunk) == FRAME_SAMPLES:
+                stream.add_samples(chunk)
+                live.append(stream)
+        found += [(index[id(s)], d.label, d.step) for s, d in engine.process(live)]
+    return found
+
 NOISES = ("white", "rumble", "hum", "babble")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fakes.rknnlite import FakeNpu, Recorded
+from reference import engine_detections
 from wyoming_oww_rk3588.backends import rknn as rknn_backend
 from wyoming_oww_rk3588.backends.rknn import RknnHeads
 from wyoming_oww_rk3588.models.registry import BUILTIN_DIR, ModelRegistry, load_manifest, sha256_of
@@ -85,25 +86,6 @@ def test_a_users_own_head_is_not_served_from_the_package():
     assert builtin.find(dataclasses.replace(REGISTRY.resolve("alexa"), builtin=False)) is None
 
 
-def _engine_run(engine, names):
-    from wyoming_oww_rk3588.features import FRAME_SAMPLES
-
-    clips = [padded_clip(p) for p in sorted(default_clips_dir().glob("*.wav"))]
-    models = [(n, engine.registry.resolve(n)) for n in names]
-    streams = [engine.open_stream(models) for _ in clips]
-    index = {id(stream): i for i, stream in enumerate(streams)}
-    found = []
-    for step in range(max(len(c) for c in clips) // FRAME_SAMPLES):
-        live = []
-        for stream, clip in zip(streams, clips):
-            chunk = clip[step * FRAME_SAMPLES : (step + 1) * FRAME_SAMPLES]
-            if len(chunk) == FRAME_SAMPLES:
-                stream.add_samples(chunk)
-                live.append(stream)
-        found += [(index[id(s)], d.label, d.step) for s, d in engine.process(live)]
-    return found
-
-
 def test_auto_on_a_board_runs_every_builtin_head_on_the_npu_with_no_conversion(tmp_path, monkeypatch):
     from wyoming_oww_rk3588.engine import Engine
 
@@ -124,9 +106,10 @@ def test_auto_on_a_board_runs_every_builtin_head_on_the_npu_with_no_conversion(t
     user_cache = tmp_path / "cache"  # empty: nothing was ever converted here
     monkeypatch.setenv(cache.CACHE_ENV, str(user_cache))
 
-    expected = _engine_run(Engine(features_backend="cpu", heads_backend="cpu"), HEADS)
+    clips = [padded_clip(p) for p in sorted(default_clips_dir().glob("*.wav"))]
+    expected = engine_detections(Engine(features_backend="cpu", heads_backend="cpu"), clips, HEADS)
     engine = Engine(features_backend="cpu", heads_backend="auto")
-    found = _engine_run(engine, HEADS)
+    found = engine_detections(engine, clips, HEADS)
     assert engine.heads.names() == dict.fromkeys(HEADS, "rknn")
     assert found == expected and {label for _, label, _ in found} >= {"alexa", "okay_nabu", "hey_jarvis"}
     loaded = [Path(path) for method, _, path in npu.calls if method == "load_rknn"]

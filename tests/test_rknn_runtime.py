@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fakes.rknnlite import FakeNpu, Recorded
+from reference import engine_detections
 from wyoming_oww_rk3588.backends.rknn import RknnHeads, probe_board
 from wyoming_oww_rk3588.errors import BackendFailed, BackendUnavailable
 from wyoming_oww_rk3588.models.registry import ModelRegistry
@@ -245,30 +246,12 @@ def test_the_board_probe_asks_for_the_device_tree_in_a_container(tmp_path):
         probe_board(tmp_path, machine="aarch64")
 
 
-def _run_engine(engine, clips, names):
-    from wyoming_oww_rk3588.features import FRAME_SAMPLES
-
-    models = [(n, engine.registry.resolve(n)) for n in names]
-    streams = [engine.open_stream(models) for _ in clips]
-    index = {id(stream): i for i, stream in enumerate(streams)}
-    found = []
-    for step in range(max(len(c) for c in clips) // FRAME_SAMPLES):
-        live = []
-        for stream, clip in zip(streams, clips):
-            chunk = clip[step * FRAME_SAMPLES : (step + 1) * FRAME_SAMPLES]
-            if len(chunk) == FRAME_SAMPLES:
-                stream.add_samples(chunk)
-                live.append(stream)
-        found += [(index[id(s)], d.label, d.step) for s, d in engine.process(live)]
-    return found
-
-
 def test_an_npu_failure_mid_stream_moves_the_head_to_the_cpu_and_loses_no_detection(npu, tmp_path, caplog):
     from wyoming_oww_rk3588.engine import Engine
 
     clips = [padded_clip(default_clips_dir() / f"{stem}.wav") for stem in RECORDED.meta["clips"]]
     names = ["alexa", "hey_mycroft"]
-    expected = _run_engine(Engine(features_backend="cpu", heads_backend="cpu"), clips, names)
+    expected = engine_detections(Engine(features_backend="cpu", heads_backend="cpu"), clips, names)
     assert {label for _, label, _ in expected} == {"alexa", "hey_mycroft"}
 
     # alexa's NPU call fails on the very step at which it fires (call 1 is load's warm-up).
@@ -277,7 +260,7 @@ def test_an_npu_failure_mid_stream_moves_the_head_to_the_cpu_and_loses_no_detect
     engine = Engine(features_backend="cpu", heads_backend="rknn",
                     rknn_options={"cache_dir": tmp_path, "runtime_factory": npu.RKNNLite})
     with caplog.at_level(logging.ERROR):
-        found = _run_engine(engine, clips, names)
+        found = engine_detections(engine, clips, names)
     assert found == expected
     assert engine.heads.names() == {"alexa": "cpu", "hey_mycroft": "rknn"}
     assert npu.count("inference", "hey_mycroft") == 1 + max(len(c) for c in clips) // 1280
