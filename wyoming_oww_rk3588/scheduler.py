@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .detector import Detection
-from .engine import Engine
+from .engine import MAX_STEPS_PER_ROUND, Engine
+from .features import FRAME_SAMPLES
 from .models.registry import ModelInfo
 from .stream import StreamState
 
@@ -39,6 +40,11 @@ class StreamHandle:
     closed: bool = False
     drained: list[asyncio.Future] = field(default_factory=list)
 
+
+#: Most samples a stream brings to one batch: one engine round. A stream far behind (a client
+#: sending faster than real time, one huge chunk) then costs each batch no more than any
+#: other, and streams that join meanwhile are scored in the next batch, not after its backlog.
+BATCH_SAMPLES = MAX_STEPS_PER_ROUND * FRAME_SAMPLES
 
 #: Below this many streams per part, splitting a batch across threads costs more than it saves.
 MIN_STREAMS_PER_WORKER = 16
@@ -117,12 +123,10 @@ class EngineRunner:
             ready = []
             for handle in list(self._handles.values()):
                 if handle.inbox:
-                    for chunk in handle.inbox:
-                        handle.stream.add_samples(chunk)
-                    handle.inbox, handle.inbox_samples = [], 0
+                    self._take_inbox(handle)
                 if handle.stream.ready:
                     ready.append(handle)
-                else:
+                elif not handle.inbox:
                     self._resolve(handle)
             if not ready:
                 continue
@@ -142,6 +146,21 @@ class EngineRunner:
                     self._wake.set()
                 elif not handle.inbox:
                     self._resolve(handle)
+
+    @staticmethod
+    def _take_inbox(handle: StreamHandle) -> None:
+        """Moves inbox audio into the stream until it holds BATCH_SAMPLES."""
+        stream, taken = handle.stream, 0
+        while taken < len(handle.inbox) and stream.pending_samples < BATCH_SAMPLES:
+            chunk = handle.inbox[taken]
+            room = BATCH_SAMPLES - stream.pending_samples
+            if len(chunk) > room:
+                handle.inbox[taken], chunk = chunk[room:], chunk[:room]
+            else:
+                taken += 1
+            stream.add_samples(chunk)
+            handle.inbox_samples -= len(chunk)
+        del handle.inbox[:taken]
 
     def _split(self, ready: list[StreamHandle]) -> list[list[StreamHandle]]:
         if self.engine.backends["features"] != "cpu":
