@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from wyoming.audio import AudioChunk, AudioStart
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event
 from wyoming.wake import Detect, Detection
 
@@ -171,6 +171,92 @@ def test_a_client_vanishing_mid_stream_and_a_stalled_client_do_not_disturb_other
         return results
 
     assert run(go()) == [True] * 4
+
+
+#: Issue 13's bad formats: each key of a good format set to each bad value. (Width 3, which the
+#: issue lists, is 24-bit PCM: it is converted, see test_server_protocol.)
+BAD_FORMATS = [("width", v) for v in (0, -2, 5, "2", None, 2.0, True)] + \
+    [("channels", v) for v in (0, -1, 1000, "1", None, 1.5)] + \
+    [("rate", v) for v in (-16000, 0, 1, 7999, 10**9, 1e9, 16000.5, "16000", None, [16000])]
+
+
+async def paced(c, audio: np.ndarray, speed: float = 4.0, chunk: int = 1024) -> None:
+    """audio-start, chunks at `speed` times real time, audio-stop."""
+    await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+    for i in range(0, len(audio), chunk):
+        await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=audio[i : i + chunk].tobytes()).event())
+        await asyncio.sleep(chunk / 16000 / speed)
+    await c.write_event(AudioStop().event())
+
+
+async def detects_alexa_paced(port: int) -> bool:
+    async with client(port) as c:
+        await c.write_event(Detect(names=["alexa"]).event())
+        await paced(c, ALEXA)
+        return (await read_until(c, {"detection", "not-detected"}, timeout=60)).type == "detection"
+
+
+async def send_bad_formats(port: int) -> list[list[Event]]:
+    """Every bad format as an audio-start and as an audio-chunk (3 bytes: whole frames of width 3);
+    the events each one got back."""
+    answers = []
+    async with client(port) as c:
+        await c.write_event(Detect(names=None).event())  # every model: the most work, were it accepted
+        for key, value in BAD_FORMATS:
+            fmt = {"rate": 16000, "width": 2, "channels": 1, key: value}
+            for event in (Event(type="audio-start", data=fmt), Event(type="audio-chunk", data=fmt, payload=b"\x01" * 3072)):
+                await c.write_event(event)
+                answers.append(await drain_events(c, 0.2))
+    return answers
+
+
+def test_every_bad_format_gets_one_error_and_the_next_client_at_4x_real_time_detects(server):
+    async def go():
+        answers = await send_bad_formats(server.port)
+        return answers, await detects_alexa_paced(server.port)
+
+    answers, detected = run(go(), 120)
+    for (key, value), start, chunk in zip(BAD_FORMATS, answers[::2], answers[1::2]):
+        for events in (start, chunk):
+            assert [e.type for e in events] == ["error"], (key, value, events)
+            assert key in events[0].data["text"], events[0].data
+    assert detected
+
+
+def test_a_client_mid_stream_still_detects_while_another_sends_bad_formats(server):
+    async def go():
+        good = asyncio.create_task(detects_alexa_paced(server.port))
+        await asyncio.sleep(0.3)  # the good client is mid-stream
+        await send_bad_formats(server.port)
+        return await good
+
+    assert run(go(), 120)
+
+
+def test_a_client_with_minutes_of_backlog_does_not_hold_up_a_newcomer(server):
+    """A stream far behind (a client sending 10 minutes of audio at once) shares each batch
+    with the others instead of being scored to the end first: the newcomer, streaming at 4x
+    real time, detects while the backlog is still being worked through."""
+    noise = np.random.default_rng(1).normal(0, 500, 16000 * 600).astype(np.int16)
+    order: list[str] = []
+
+    async def flood():
+        async with client(server.port) as c:
+            await c.write_event(Detect(names=None).event())
+            await send_audio(c, noise, chunk_samples=16000 * 60)
+            await read_until(c, {"not-detected", "detection"}, timeout=600)
+            order.append("flood scored")
+
+    async def go():
+        flooding = asyncio.create_task(flood())
+        await asyncio.sleep(0.5)  # its audio is in the server
+        detected = await detects_alexa_paced(server.port)
+        order.append("newcomer answered")
+        await flooding
+        return detected
+
+    assert run(go(), 900)
+    assert order == ["newcomer answered", "flood scored"]
 
 
 def test_engine_failure_on_one_stream_is_reported_to_that_client_only(server, monkeypatch):
