@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import AsyncExitStack
 
@@ -257,6 +258,49 @@ def test_a_client_with_minutes_of_backlog_does_not_hold_up_a_newcomer(server):
 
     assert run(go(), 900)
     assert order == ["newcomer answered", "flood scored"]
+
+
+def test_a_client_far_ahead_of_real_time_is_held_back_by_tcp_not_server_memory(server, monkeypatch):
+    """While the engine is held, a client writing 20 minutes of audio as fast as it can gets
+    only about 30 s of it (plus the kernel's socket buffers) read by the server; the rest stays
+    in the client. Released, the engine scores it all."""
+    gate = threading.Event()
+    original = server.engine.process
+
+    def held(streams, max_rounds=None):
+        gate.wait(60)
+        return original(streams, max_rounds)
+
+    monkeypatch.setattr(server.engine, "process", held)
+    audio = np.random.default_rng(2).normal(0, 500, 16000 * 60 * 20).astype(np.int16)
+    chunk = 16000 * 10
+
+    async def go():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(header("audio-start", data={"rate": 16000, "width": 2, "channels": 1}))
+            for i in range(0, len(audio), chunk):
+                data = audio[i : i + chunk].tobytes()
+                writer.write(header("audio-chunk", data={"rate": 16000, "width": 2, "channels": 1},
+                                    payload_length=len(data)) + data)
+            writer.write(header("audio-stop"))
+            unsent = writer.transport.get_write_buffer_size()
+            while True:  # until the server stops reading
+                await asyncio.sleep(1.0)
+                now = writer.transport.get_write_buffer_size()
+                if now == unsent:
+                    break
+                unsent = now
+            gate.set()
+            answer = await asyncio.wait_for(reader.readline(), 300)
+            return unsent, json.loads(answer)["type"]
+        finally:
+            gate.set()
+            writer.close()
+
+    unsent, answer = run(go(), 400)
+    assert unsent > audio.nbytes // 2, f"the server read {audio.nbytes - unsent} of {audio.nbytes} bytes"
+    assert answer == "not-detected"
 
 
 def test_engine_failure_on_one_stream_is_reported_to_that_client_only(server, monkeypatch):

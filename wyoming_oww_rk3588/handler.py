@@ -149,6 +149,8 @@ class WakeWordHandler(AsyncEventHandler):
             # wyoming-satellite 1.0 streams chunks after `detect` with no audio-start.
             self._begin_stream()
         self.runner.feed(self._handle, self._converter.convert(fmt, payload))
+        if self.runner.backlogged(self._handle):
+            await self.runner.drain(self._handle)  # stop reading until it is scored: TCP holds the client back
 
     async def _on_stop(self) -> None:
         handle = self._handle

@@ -46,6 +46,10 @@ class StreamHandle:
 #: other, and streams that join meanwhile are scored in the next batch, not after its backlog.
 BATCH_SAMPLES = MAX_STEPS_PER_ROUND * FRAME_SAMPLES
 
+#: Audio a connection may have queued (30 s): a client further ahead of real time waits, its
+#: socket unread, until that is scored, so TCP holds it back instead of server memory.
+MAX_QUEUED_SAMPLES = 30 * 16_000
+
 #: Below this many streams per part, splitting a batch across threads costs more than it saves.
 MIN_STREAMS_PER_WORKER = 16
 
@@ -98,6 +102,9 @@ class EngineRunner:
         handle.inbox_samples += len(samples)
         if handle.inbox_samples + handle.stream.pending_samples >= 1280:
             self._wake.set()
+
+    def backlogged(self, handle: StreamHandle) -> bool:
+        return handle.inbox_samples > MAX_QUEUED_SAMPLES
 
     async def drain(self, handle: StreamHandle) -> None:
         """Wait until every complete 80 ms frame fed so far has been scored."""
