@@ -3,7 +3,8 @@
 Connections only append samples to their stream's inbox. A single task moves inboxes into
 the streams, runs `Engine.process` for all ready streams in one executor thread, and hands
 detections back. While a batch runs, audio keeps arriving, so load makes batches bigger
-instead of making anyone wait longer. A failing batch is isolated stream by stream, so one
+instead of making anyone wait longer. A batch takes at most one engine round from each
+stream, so a stream that is minutes behind cannot hold up the others. A failing batch is isolated stream by stream, so one
 bad stream can never make the engine deaf for the others.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from .detector import Detection
 from .engine import MAX_STEPS_PER_ROUND, Engine
-from .features import FRAME_SAMPLES
+from .features import FRAME_SAMPLES, SAMPLE_RATE
 from .models.registry import ModelInfo
 from .stream import StreamState
 
@@ -48,7 +49,7 @@ BATCH_SAMPLES = MAX_STEPS_PER_ROUND * FRAME_SAMPLES
 
 #: Audio a connection may have queued (30 s): a client further ahead of real time waits, its
 #: socket unread, until that is scored, so TCP holds it back instead of server memory.
-MAX_QUEUED_SAMPLES = 30 * 16_000
+MAX_QUEUED_SAMPLES = 30 * SAMPLE_RATE
 
 #: Below this many streams per part, splitting a batch across threads costs more than it saves.
 MIN_STREAMS_PER_WORKER = 16
