@@ -87,22 +87,25 @@ async def soak(port: int, pid: int, streams: int, minutes: int, every_s: float) 
 
 
 def summary(curve: list[tuple[float, float, int, float]], minutes: int, windows: int = 12) -> list[str]:
-    """RSS per window of audio: the minimum is the server between sessions (no audio queued),
-    the maximum adds the minutes queued in flight. A leak lifts the minimum in proportion to
-    the audio; a plateau stops lifting it."""
+    """RSS per window of audio: the minimum is nearest the server with no audio queued, the
+    maximum adds what is in flight (and glibc keeps what was freed). A leak lifts both in
+    proportion to the audio; a plateau stops lifting them."""
     audio = np.array([c[0] for c in curve])
     rss = np.array([c[2] for c in curve]) / 1024
-    lines, lows = [], []
+    lines, lows, highs = [], [], []
     for w in range(windows):
         a, b = minutes * w / windows, minutes * (w + 1) / windows
         inside = rss[(audio > a) & (audio <= b)] if w else rss[(audio > 0) & (audio <= b)]
         if len(inside):
             lows.append(inside.min())
+            highs.append(inside.max())
             lines.append(f"audio minutes {a:4.0f}-{b:<4.0f} RSS min {inside.min():6.1f} MB  max {inside.max():6.1f} MB")
     if len(lows) >= 4:
         half = len(lows) // 2
-        lines.append(f"minimum RSS: {lows[0]:.1f} -> {lows[half]:.1f} MB over the first half ({lows[half] - lows[0]:+.1f}), "
-                     f"-> {lows[-1]:.1f} MB over the last half ({lows[-1] - lows[half]:+.1f})")
+        for name, values in (("minimum", lows), ("maximum", highs)):
+            lines.append(f"{name} RSS per window: {values[0]:.1f} -> {values[half - 1]:.1f} MB over the first half "
+                         f"({values[half - 1] - values[0]:+.1f}), {values[half]:.1f} -> {values[-1]:.1f} MB over the "
+                         f"last half ({values[-1] - values[half]:+.1f})")
     lines.append(f"RSS at start (models not loaded) {rss[0]:.1f} MB, peak {rss.max():.1f} MB, "
                  f"after the last session {rss[-1]:.1f} MB; server CPU {curve[-1][3]:.0f} s, wall {curve[-1][1]:.0f} s")
     return lines
