@@ -180,7 +180,7 @@ def test_wyoming_satellite_1_0_habit_no_audio_start_ns_timestamps_and_re_arm(ser
 @pytest.mark.parametrize(
     "rate,width,channels",
     [(8000, 2, 1), (16000, 2, 1), (22050, 2, 1), (44100, 2, 1), (48000, 2, 1), (16000, 2, 2), (16000, 4, 1),
-     (48000, 4, 2)],
+     (48000, 4, 2), (16000, 2, 4), (48000, 4, 6)],
 )
 def test_any_audio_format_is_converted_and_still_detects(server, rate, width, channels):
     raw = encode(padded(ALEXA, 1.0, 1.0), rate, width, channels)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import AsyncExitStack
 
 import numpy as np
 import pytest
-from wyoming.audio import AudioChunk, AudioStart
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import Event
 from wyoming.wake import Detect, Detection
 
@@ -173,6 +174,135 @@ def test_a_client_vanishing_mid_stream_and_a_stalled_client_do_not_disturb_other
     assert run(go()) == [True] * 4
 
 
+#: Issue 13's bad formats: each key of a good format set to each bad value. (Width 3, which the
+#: issue lists, is 24-bit PCM: it is converted, see test_server_protocol.)
+BAD_FORMATS = [("width", v) for v in (0, -2, 5, "2", None, 2.0, True)] + \
+    [("channels", v) for v in (0, -1, 1000, "1", None, 1.5)] + \
+    [("rate", v) for v in (-16000, 0, 1, 7999, 10**9, 1e9, 16000.5, "16000", None, [16000])]
+
+
+async def paced(c, audio: np.ndarray, speed: float = 4.0, chunk: int = 1024) -> None:
+    """audio-start, chunks at `speed` times real time, audio-stop."""
+    await c.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+    for i in range(0, len(audio), chunk):
+        await c.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=audio[i : i + chunk].tobytes()).event())
+        await asyncio.sleep(chunk / 16000 / speed)
+    await c.write_event(AudioStop().event())
+
+
+async def detects_alexa_paced(port: int) -> bool:
+    async with client(port) as c:
+        await c.write_event(Detect(names=["alexa"]).event())
+        await paced(c, ALEXA)
+        return (await read_until(c, {"detection", "not-detected"}, timeout=60)).type == "detection"
+
+
+async def send_bad_formats(port: int) -> list[list[Event]]:
+    """Every bad format as an audio-start and as an audio-chunk (3 bytes: whole frames of width 3);
+    the events each one got back."""
+    answers = []
+    async with client(port) as c:
+        await c.write_event(Detect(names=None).event())  # every model: the most work, were it accepted
+        for key, value in BAD_FORMATS:
+            fmt = {"rate": 16000, "width": 2, "channels": 1, key: value}
+            for event in (Event(type="audio-start", data=fmt), Event(type="audio-chunk", data=fmt, payload=b"\x01" * 3072)):
+                await c.write_event(event)
+                answers.append(await drain_events(c, 0.2))
+    return answers
+
+
+def test_every_bad_format_gets_one_error_and_the_next_client_at_4x_real_time_detects(server):
+    async def go():
+        answers = await send_bad_formats(server.port)
+        return answers, await detects_alexa_paced(server.port)
+
+    answers, detected = run(go(), 120)
+    for (key, value), start, chunk in zip(BAD_FORMATS, answers[::2], answers[1::2]):
+        for events in (start, chunk):
+            assert [e.type for e in events] == ["error"], (key, value, events)
+            assert key in events[0].data["text"], events[0].data
+    assert detected
+
+
+def test_a_client_mid_stream_still_detects_while_another_sends_bad_formats(server):
+    async def go():
+        good = asyncio.create_task(detects_alexa_paced(server.port))
+        await asyncio.sleep(0.3)  # the good client is mid-stream
+        await send_bad_formats(server.port)
+        return await good
+
+    assert run(go(), 120)
+
+
+def test_a_client_with_minutes_of_backlog_does_not_hold_up_a_newcomer(server):
+    """A stream far behind (a client sending 10 minutes of audio at once) shares each batch
+    with the others instead of being scored to the end first: the newcomer, streaming at 4x
+    real time, detects while the backlog is still being worked through."""
+    noise = np.random.default_rng(1).normal(0, 500, 16000 * 600).astype(np.int16)
+    order: list[str] = []
+
+    async def flood():
+        async with client(server.port) as c:
+            await c.write_event(Detect(names=None).event())
+            await send_audio(c, noise, chunk_samples=16000 * 60)
+            await read_until(c, {"not-detected", "detection"}, timeout=600)
+            order.append("flood scored")
+
+    async def go():
+        flooding = asyncio.create_task(flood())
+        await asyncio.sleep(0.5)  # its audio is in the server
+        detected = await detects_alexa_paced(server.port)
+        order.append("newcomer answered")
+        await flooding
+        return detected
+
+    assert run(go(), 900)
+    assert order == ["newcomer answered", "flood scored"]
+
+
+def test_a_client_far_ahead_of_real_time_is_held_back_by_tcp_not_server_memory(server, monkeypatch):
+    """While the engine is held, a client writing 20 minutes of audio as fast as it can gets
+    only about 30 s of it (plus the kernel's socket buffers) read by the server; the rest stays
+    in the client. Released, the engine scores it all."""
+    gate = threading.Event()
+    original = server.engine.process
+
+    def held(streams, max_rounds=None):
+        gate.wait(60)
+        return original(streams, max_rounds)
+
+    monkeypatch.setattr(server.engine, "process", held)
+    audio = np.random.default_rng(2).normal(0, 500, 16000 * 60 * 20).astype(np.int16)
+    chunk = 16000 * 10
+
+    async def go():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(header("audio-start", data={"rate": 16000, "width": 2, "channels": 1}))
+            for i in range(0, len(audio), chunk):
+                data = audio[i : i + chunk].tobytes()
+                writer.write(header("audio-chunk", data={"rate": 16000, "width": 2, "channels": 1},
+                                    payload_length=len(data)) + data)
+            writer.write(header("audio-stop"))
+            unsent = writer.transport.get_write_buffer_size()
+            while True:  # until the server stops reading
+                await asyncio.sleep(1.0)
+                now = writer.transport.get_write_buffer_size()
+                if now == unsent:
+                    break
+                unsent = now
+            gate.set()
+            answer = await asyncio.wait_for(reader.readline(), 300)
+            return unsent, json.loads(answer)["type"]
+        finally:
+            gate.set()
+            writer.close()
+
+    unsent, answer = run(go(), 400)
+    assert unsent > audio.nbytes // 2, f"the server read {audio.nbytes - unsent} of {audio.nbytes} bytes"
+    assert answer == "not-detected"
+
+
 def test_engine_failure_on_one_stream_is_reported_to_that_client_only(server, monkeypatch):
     engine = server.engine
     original = engine.process
@@ -306,30 +436,58 @@ def _rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
 
 
+#: Rounds of one audio minute per stream: the first ones warm up (onnxruntime arenas and
+#: glibc's per-thread malloc arenas grow to the largest batch the load has made so far).
+ROUNDS, WARM_UP = 10, 2
+#: What a plateau still adds: allocator high-water marks that rarer and rarer bigger batches
+#: lift (seen here: +0.1 MB on a quiet machine, +1.2 MB beside a CPU hog). A leak of 1 MB per
+#: round (8 audio minutes) adds this over the test's last half.
+PLATEAU_JITTER_KB = 4 * 1024
+
+
 @pytest.mark.slow
-def test_memory_stays_flat_over_ten_minutes_of_audio_through_8_streams():
+def test_memory_plateaus_over_ten_minutes_of_audio_through_8_streams():
+    """A leak lifts the server's RSS in proportion to the audio it scores; a plateau stops
+    lifting it. Each round is one audio minute per stream, sent at once; its lowest RSS is the
+    server with no audio queued (the detection at the minute's end answers each session, so
+    the client never gets more than a minute ahead), whatever the load. The rounds after the
+    warm-up are split in two halves: the last half may add no more than the allocator's jitter,
+    nor more than half of what the first added (a leak adds the same to both).
+    benchmarks/soak_memory.py draws the curve over an hour of audio through 32 streams."""
     proc, port = _start_subprocess()
-    rng = np.random.default_rng(0)
-    minute = np.concatenate([ALEXA, (rng.normal(0, 800, 16000 * 60 - len(ALEXA))).astype(np.int16)])
+    noise = np.random.default_rng(0).normal(0, 800, 16000 * 60 - len(ALEXA)).astype(np.int16)
+    minute = np.concatenate([noise, ALEXA])
+    lows: list[int] = []
 
-    async def stream(minutes: int):
-        async with client(port) as c:
-            for _ in range(minutes):
-                await c.write_event(Detect(names=None).event())
-                await send_audio(c, minute, chunk_samples=1600)
-                await read_until(c, {"not-detected", "detection"}, timeout=120)
-                await drain_events(c, 0.05)
+    async def one_minute(c):
+        await c.write_event(Detect(names=None).event())
+        await send_audio(c, minute, chunk_samples=1600)
+        assert (await read_until(c, {"not-detected", "detection"}, timeout=600)).type == "detection"
 
-    async def go(minutes: int):
-        await asyncio.gather(*(stream(minutes) for _ in range(8)))
+    async def sample():
+        while True:
+            if lows:
+                lows[-1] = min(lows[-1], _rss_kb(proc.pid))
+            await asyncio.sleep(0.1)
+
+    async def go():
+        sampler = asyncio.create_task(sample())
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(client(port)) for _ in range(8)]
+            for _ in range(ROUNDS):
+                lows.append(_rss_kb(proc.pid))
+                await asyncio.gather(*(one_minute(c) for c in clients))
+        sampler.cancel()
 
     try:
-        run(go(2), 600)  # warm-up: allocator pools, onnxruntime arenas
-        before = _rss_kb(proc.pid)
-        run(go(8), 1200)  # 2 + 8 = 10 minutes of audio per stream
-        after = _rss_kb(proc.pid)
-        assert after < before * 1.05, f"RSS grew from {before} kB to {after} kB"
+        run(go(), 3000)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(5)
-    assert os.path.exists(f"/proc/{proc.pid}") is False or proc.returncode == 0
+        proc.wait(10)
+    assert proc.returncode == 0
+    rss = lows[WARM_UP:]
+    half = len(rss) // 2
+    first, last = rss[half] - rss[0], max(rss[half:]) - rss[half]
+    print(f"lowest RSS per round (MB): {[round(kb / 1024, 1) for kb in lows]}")
+    curve = " -> ".join(f"{kb / 1024:.1f}" for kb in lows)
+    assert last <= max(PLATEAU_JITTER_KB, first / 2), f"lowest RSS per audio minute (MB): {curve}"

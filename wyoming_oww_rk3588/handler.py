@@ -11,37 +11,20 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import numpy as np
-from wyoming.audio import AudioChunk, AudioChunkConverter, AudioStart, AudioStop
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event, async_read_event
 from wyoming.info import Describe
 from wyoming.server import AsyncEventHandler
 from wyoming.wake import Detect, Detection, NotDetected
 
+from .audio_format import AudioFormatError, StreamConverter, parse_format
 from .detector import Detection as EngineDetection
-from .features import SAMPLE_RATE
 from .models.registry import ModelInfo
 from .scheduler import EngineRunner, StreamHandle
 from .wire import GuardedReader
 
 _LOGGER = logging.getLogger(__name__)
-
-MAX_RATE = 384_000
-MAX_CHANNELS = 32
-
-
-class AudioFormatError(ValueError):
-    """A chunk's format cannot be converted; the message says what is wrong."""
-
-
-def _format(data: dict) -> tuple[int, int, int]:
-    rate, width, channels = data.get("rate"), data.get("width"), data.get("channels")
-    for name, value, low, high in (("rate", rate, 1, MAX_RATE), ("width", width, 1, 4),
-                                   ("channels", channels, 1, MAX_CHANNELS)):
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise AudioFormatError(f"audio {name} must be an integer in [{low}, {high}], got {value!r}")
-    return rate, width, channels
 
 
 class WakeWordHandler(AsyncEventHandler):
@@ -55,8 +38,7 @@ class WakeWordHandler(AsyncEventHandler):
         self.all_models = models
         self._session: list[tuple[str, ModelInfo]] = list(self._everything())
         self._handle: StreamHandle | None = None
-        self._converter: AudioChunkConverter | None = None
-        self._format: tuple[int, int, int] | None = None
+        self._converter = StreamConverter()
         self._detected = False
         self._tasks: set[asyncio.Task] = set()
 
@@ -131,22 +113,16 @@ class WakeWordHandler(AsyncEventHandler):
 
     async def _on_start(self, event: Event) -> None:
         self._end_stream()
-        self._converter = None
         try:
-            self._set_format(_format(event.data))
+            parse_format(event.data)
         except AudioFormatError as err:
             await self._error(str(err))
             return
         self._begin_stream()
 
-    def _set_format(self, fmt: tuple[int, int, int]) -> None:
-        if fmt != self._format or self._converter is None:
-            self._format = fmt
-            # A fresh converter per format: its resampler state belongs to one stream.
-            self._converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)
-
     def _begin_stream(self) -> None:
         self._detected = False
+        self._converter = StreamConverter()  # its resampler state belongs to one stream
         self._handle = self.runner.open(self._session, self._on_detection, self._on_engine_error)
 
     def _end_stream(self) -> None:
@@ -156,7 +132,7 @@ class WakeWordHandler(AsyncEventHandler):
 
     async def _on_chunk(self, event: Event) -> None:
         try:
-            fmt = _format(event.data)
+            fmt = parse_format(event.data)
         except AudioFormatError as err:
             await self._error(str(err))
             return
@@ -171,12 +147,10 @@ class WakeWordHandler(AsyncEventHandler):
             return
         if self._handle is None:
             # wyoming-satellite 1.0 streams chunks after `detect` with no audio-start.
-            self._converter = None
             self._begin_stream()
-        self._set_format(fmt)
-        chunk = AudioChunk(rate=fmt[0], width=fmt[1], channels=fmt[2], audio=payload)
-        converted = self._converter.convert(chunk)
-        self.runner.feed(self._handle, np.frombuffer(converted.audio, np.int16))
+        self.runner.feed(self._handle, self._converter.convert(fmt, payload))
+        if self.runner.backlogged(self._handle):
+            await self.runner.drain(self._handle)  # stop reading until it is scored: TCP holds the client back
 
     async def _on_stop(self) -> None:
         handle = self._handle

@@ -3,7 +3,8 @@
 Connections only append samples to their stream's inbox. A single task moves inboxes into
 the streams, runs `Engine.process` for all ready streams in one executor thread, and hands
 detections back. While a batch runs, audio keeps arriving, so load makes batches bigger
-instead of making anyone wait longer. A failing batch is isolated stream by stream, so one
+instead of making anyone wait longer. A batch takes at most one engine round from each
+stream, so a stream that is minutes behind cannot hold up the others. A failing batch is isolated stream by stream, so one
 bad stream can never make the engine deaf for the others.
 """
 
@@ -19,7 +20,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .detector import Detection
-from .engine import Engine
+from .engine import MAX_STEPS_PER_ROUND, Engine
+from .features import FRAME_SAMPLES, SAMPLE_RATE
 from .models.registry import ModelInfo
 from .stream import StreamState
 
@@ -39,6 +41,15 @@ class StreamHandle:
     closed: bool = False
     drained: list[asyncio.Future] = field(default_factory=list)
 
+
+#: Most samples a stream brings to one batch: one engine round. A stream far behind (a client
+#: sending faster than real time, one huge chunk) then costs each batch no more than any
+#: other, and streams that join meanwhile are scored in the next batch, not after its backlog.
+BATCH_SAMPLES = MAX_STEPS_PER_ROUND * FRAME_SAMPLES
+
+#: Audio a connection may have queued (30 s): a client further ahead of real time waits, its
+#: socket unread, until that is scored, so TCP holds it back instead of server memory.
+MAX_QUEUED_SAMPLES = 30 * SAMPLE_RATE
 
 #: Below this many streams per part, splitting a batch across threads costs more than it saves.
 MIN_STREAMS_PER_WORKER = 16
@@ -93,6 +104,9 @@ class EngineRunner:
         if handle.inbox_samples + handle.stream.pending_samples >= 1280:
             self._wake.set()
 
+    def backlogged(self, handle: StreamHandle) -> bool:
+        return handle.inbox_samples > MAX_QUEUED_SAMPLES
+
     async def drain(self, handle: StreamHandle) -> None:
         """Wait until every complete 80 ms frame fed so far has been scored."""
         if handle.closed:
@@ -117,12 +131,10 @@ class EngineRunner:
             ready = []
             for handle in list(self._handles.values()):
                 if handle.inbox:
-                    for chunk in handle.inbox:
-                        handle.stream.add_samples(chunk)
-                    handle.inbox, handle.inbox_samples = [], 0
+                    self._take_inbox(handle)
                 if handle.stream.ready:
                     ready.append(handle)
-                else:
+                elif not handle.inbox:
                     self._resolve(handle)
             if not ready:
                 continue
@@ -142,6 +154,21 @@ class EngineRunner:
                     self._wake.set()
                 elif not handle.inbox:
                     self._resolve(handle)
+
+    @staticmethod
+    def _take_inbox(handle: StreamHandle) -> None:
+        """Moves inbox audio into the stream until it holds BATCH_SAMPLES."""
+        stream, taken = handle.stream, 0
+        while taken < len(handle.inbox) and stream.pending_samples < BATCH_SAMPLES:
+            chunk = handle.inbox[taken]
+            room = BATCH_SAMPLES - stream.pending_samples
+            if len(chunk) > room:
+                handle.inbox[taken], chunk = chunk[room:], chunk[:room]
+            else:
+                taken += 1
+            stream.add_samples(chunk)
+            handle.inbox_samples -= len(chunk)
+        del handle.inbox[:taken]
 
     def _split(self, ready: list[StreamHandle]) -> list[list[StreamHandle]]:
         if self.engine.backends["features"] != "cpu":
