@@ -224,6 +224,25 @@ def test_every_bad_format_gets_one_error_and_the_next_client_at_4x_real_time_det
     assert detected
 
 
+def test_a_bad_chunk_repeated_is_answered_each_time_and_logged_once(server, caplog):
+    fmt = {"rate": 16000, "width": 2, "channels": 0}
+
+    async def go():
+        async with client(server.port) as c:
+            for _ in range(20):
+                await c.write_event(Event(type="audio-chunk", data=fmt, payload=b"\x01" * 320))
+            events = []
+            while len(events) < 20:
+                events += await drain_events(c, 0.3)
+            return events
+
+    with caplog.at_level("WARNING", logger="wyoming_oww_rk3588.handler"):
+        events = run(go(), 60)
+    assert [e.type for e in events] == ["error"] * 20
+    lines = [r.getMessage() for r in caplog.records if "channels" in r.getMessage()]
+    assert len(lines) == 1 and "must be an integer" in lines[0], lines
+
+
 def test_a_client_mid_stream_still_detects_while_another_sends_bad_formats(server):
     async def go():
         good = asyncio.create_task(detects_alexa_paced(server.port))

@@ -41,6 +41,7 @@ class WakeWordHandler(AsyncEventHandler):
         self._converter = StreamConverter()
         self._detected = False
         self._tasks: set[asyncio.Task] = set()
+        self._logged_errors: set[str] = set()
 
     def _everything(self) -> list[tuple[str, ModelInfo]]:
         return [("", info) for info in self.all_models.values()]
@@ -63,7 +64,6 @@ class WakeWordHandler(AsyncEventHandler):
                 except (ConnectionError, asyncio.CancelledError):
                     raise
                 except Exception as err:  # noqa: BLE001 - one bad event never ends the server
-                    _LOGGER.warning("Client %s: %s event failed: %s", self.peer, event.type, err)
                     await self._error(f"{event.type} failed: {err}")
         except ConnectionError:
             pass
@@ -102,7 +102,6 @@ class WakeWordHandler(AsyncEventHandler):
             known, unknown = self.runner.engine.registry.resolve_many(names)
             known = [(asked, info) for asked, info in known if info.name in self.all_models]
             if unknown:
-                _LOGGER.warning("Client %s asked for unknown models: %s", self.peer, ", ".join(map(repr, unknown)))
                 await self._error(f"unknown wake word models: {', '.join(unknown)}; "
                                   f"available: {', '.join(self.all_models)}")
             self._session = known or self._everything()
@@ -189,6 +188,11 @@ class WakeWordHandler(AsyncEventHandler):
             _LOGGER.debug("Client %s gone before %s could be sent (%s)", self.peer, event.type, err)
 
     async def _error(self, text: str) -> None:
+        """The client gets an `error` event each time; the log gets each distinct problem once
+        per connection (a client repeating a bad chunk would otherwise flood it)."""
+        if text not in self._logged_errors:
+            self._logged_errors.add(text)
+            _LOGGER.warning("Client %s: %s", self.peer, text)
         try:
             await self.write_event(Error(text=text, code="bad-request").event())
         except (ConnectionError, RuntimeError):
