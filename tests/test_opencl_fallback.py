@@ -91,6 +91,20 @@ def test_no_opencl_platform_points_at_the_mali_icd(monkeypatch):
     assert backend is None and "/etc/OpenCL/vendors" in why
 
 
+def test_no_icd_registered_names_the_loaders_error_and_the_mali_icd(tmp_path):
+    """The real ICD loader with an empty vendors folder (as on a board without libmali's ICD):
+    the reason names the loader's error in words, never a repr of pyopencl internals."""
+    import os
+    import subprocess
+
+    code = "from wyoming_oww_rk3588.backends.opencl import probe; print(probe('any')[1])"
+    env = {**os.environ, "OCL_ICD_VENDORS": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    why = out.stdout.strip()
+    assert "PLATFORM_NOT_FOUND_KHR" in why and "/etc/OpenCL/vendors" in why, (why, out.stderr[-500:])
+    assert "object at 0x" not in why and "nanobind" not in why
+
+
 def test_pyopencl_ctx_naming_a_non_gpu_is_refused_by_auto_and_taken_by_opencl(monkeypatch):
     import pyopencl as cl
 

@@ -74,7 +74,7 @@ def _all_devices(cl) -> list:
     try:
         platforms = cl.get_platforms()
     except cl.Error as err:  # ocl-icd answers PLATFORM_NOT_FOUND_KHR when no ICD is registered
-        raise BackendUnavailable(f"no OpenCL platform found ({err.what.code if hasattr(err, 'what') else err}); "
+        raise BackendUnavailable(f"no OpenCL platform found ({err}); "
                                  f"{PLATFORM_HINT}") from err
     devices = []
     for platform in platforms:
