@@ -116,8 +116,9 @@ def wire_bytes(event) -> bytes:
 @dataclass
 class Stream:
     chunks: list[bytes]  # serialised once per loop phase: the client's own cost stays small
-    offset_s: float  # send time after the level's start, within the first chunk period
     firing: list[int]  # chunk index that completes each expected firing frame
+    cut: bool  # starts inside a phrase: the phrase's tail may fire, and is not counted
+    offset_s: float  # send time after the level's start, within the first chunk period
     sent_at: list[float] = field(default_factory=list)
     detections: list[float] = field(default_factory=list)  # receive times of "alexa" detections
     max_lag: float = 0.0
@@ -135,11 +136,12 @@ class Load:
         self.loop = loop
         self.fire = firing_offset(loop)
         self.samples = int(level_s / CHUNK_S) * CHUNK
-        self._phases: dict[int, tuple[list[bytes], list[int]]] = {}
+        self._phases: dict[int, tuple[list[bytes], list[int], bool]] = {}
 
-    def phase(self, start: int) -> tuple[list[bytes], list[int]]:
-        """Chunks of a stream that starts `start` samples into the loop, and the chunk indices
-        that complete each firing frame of a whole phrase (one that starts after the stream)."""
+    def phase(self, start: int) -> tuple[list[bytes], list[int], bool]:
+        """Chunks of a stream that starts `start` samples into the loop, the chunk indices that
+        complete each firing frame of a whole phrase (one that starts after the stream), and
+        whether the stream starts inside a phrase."""
         if start not in self._phases:
             loops = (start + self.samples) // len(self.loop) + 1
             audio = np.tile(self.loop, loops)[start : start + self.samples]
@@ -147,15 +149,15 @@ class Load:
                       for i in range(0, len(audio), CHUNK)]
             firing = [(k * len(self.loop) + self.fire - start) // CHUNK for k in range(loops)
                       if k * len(self.loop) + self.phrase_at >= start and k * len(self.loop) + self.fire - start < self.samples]
-            self._phases[start] = (chunks, firing)
+            cut = self.phrase_at < start <= self.fire + RATE // 2
+            self._phases[start] = (chunks, firing, cut)
         return self._phases[start]
 
     def streams(self, n: int) -> list[Stream]:
         frames = len(self.loop) // FRAME  # phases in whole frames keep each phrase's frame alignment
         out = []
         for i in range(n):
-            chunks, firing = self.phase((i * frames // n) * FRAME)
-            out.append(Stream(chunks, i * CHUNK_S / n, firing))
+            out.append(Stream(*self.phase((i * frames // n) * FRAME), offset_s=i * CHUNK_S / n))
         return out
 
 
@@ -210,7 +212,7 @@ def phrase_latencies(stream: Stream) -> tuple[list[tuple[float, float]], int, in
     sent = [stream.sent_at[c] for c in stream.firing if c < len(stream.sent_at)]
     found, missed, stray = [], 0, 0
     bounds = [s - 1.0 for s in sent] + [float("inf")]
-    stray += sum(1 for d in stream.detections if d < bounds[0])
+    stray += 0 if stream.cut else sum(1 for d in stream.detections if d < bounds[0])
     for i, when in enumerate(sent):
         mine = [d for d in stream.detections if bounds[i] <= d < bounds[i + 1]]
         if mine:
