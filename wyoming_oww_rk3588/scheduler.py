@@ -132,7 +132,7 @@ class EngineRunner:
         while True:
             await self._wake.wait()
             wait = self._last_batch + BATCH_PERIOD_S - loop.time()
-            if wait > 0 and not self._hurry.is_set():
+            if wait > 0 and not self._hurry.is_set() and not self._all_waiting():
                 try:  # audio keeps coming in: more streams join this batch
                     await asyncio.wait_for(self._hurry.wait(), wait)
                 except asyncio.TimeoutError:
@@ -172,6 +172,10 @@ class EngineRunner:
                     self._wake.set()
                 elif handle.inbox_samples + handle.stream.pending_samples < FRAME_SAMPLES and not handle.inbox:
                     self._resolve(handle)
+
+    def _all_waiting(self) -> bool:
+        """Every stream has a frame: waiting cannot add one (a single satellite never waits)."""
+        return all(h.inbox_samples + h.stream.pending_samples >= FRAME_SAMPLES for h in self._handles.values())
 
     def _split(self, ready: list[StreamHandle]) -> list[list[StreamHandle]]:
         if self.engine.backends["features"] != "cpu":
