@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import pacing
 from .detector import Detection
 from .engine import Engine
 from .features import FRAME_SAMPLES
@@ -156,7 +157,11 @@ class EngineRunner:
                 results = [self._process(ready)]
             else:
                 parts = self._split(ready)
-                results = await asyncio.gather(*(loop.run_in_executor(self._executor, self._process, p) for p in parts))
+                pacing.in_flight += 1
+                try:
+                    results = await asyncio.gather(*(loop.run_in_executor(self._executor, self._process, p) for p in parts))
+                finally:
+                    pacing.in_flight -= 1
             found = [pair for part_found, _ in results for pair in part_found]
             failed = [pair for _, part_failed in results for pair in part_failed]
             self.batches += 1
