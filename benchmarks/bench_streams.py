@@ -7,7 +7,8 @@ spread phases: stream i starts its loop i/N of the way round (in whole 80 ms fra
 i/N of a chunk period after stream 0, so phrases and chunks do not all arrive at one instant.
 
 A level is held in real time only when all four hold (issue 13):
-  missed 0        every phrase got a detection ("alexa") before the stream ended
+  missed 0        every phrase got a detection ("alexa") before the stream ended (phrases that
+                  start 2 s or more into their stream: the peer cannot score earlier)
   p99 <= 1.5 s    latency from sending the chunk that completes the firing frame (the 80 ms
                   frame at which openWakeWord's score first reaches 0.5, found offline) to
                   receiving the detection
@@ -56,6 +57,7 @@ CHUNK_S = CHUNK / RATE
 FRAME = 1280  # samples: openWakeWord's 80 ms step
 LOOP_S, PHRASE_AT_S = 4.0, 1.5
 P99_LIMIT_S, DRIFT_LIMIT_S, LAG_LIMIT_S = 1.5, 0.25, 0.25
+WARMUP_S = 2.0  # a phrase counts when it starts this far into its stream
 SEND_BUFFER = 8192  # bytes: the kernel holds ~0.25 s of one stream, so a server that stops reading shows as lag
 PEER_MODELS = ["alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "ok_nabu"]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -117,7 +119,6 @@ def wire_bytes(event) -> bytes:
 class Stream:
     chunks: list[bytes]  # serialised once per loop phase: the client's own cost stays small
     firing: list[int]  # chunk index that completes each expected firing frame
-    cut: bool  # starts inside a phrase: the phrase's tail may fire, and is not counted
     offset_s: float  # send time after the level's start, within the first chunk period
     sent_at: list[float] = field(default_factory=list)
     detections: list[float] = field(default_factory=list)  # receive times of "alexa" detections
@@ -136,21 +137,21 @@ class Load:
         self.loop = loop
         self.fire = firing_offset(loop)
         self.samples = int(level_s / CHUNK_S) * CHUNK
-        self._phases: dict[int, tuple[list[bytes], list[int], bool]] = {}
+        self._phases: dict[int, tuple[list[bytes], list[int]]] = {}
 
-    def phase(self, start: int) -> tuple[list[bytes], list[int], bool]:
-        """Chunks of a stream that starts `start` samples into the loop, the chunk indices that
-        complete each firing frame of a whole phrase (one that starts after the stream), and
-        whether the stream starts inside a phrase."""
+    def phase(self, start: int) -> tuple[list[bytes], list[int]]:
+        """Chunks of a stream that starts `start` samples into the loop, and the chunk indices
+        that complete each firing frame of the phrases that count: those that start WARMUP_S or
+        more into the stream (openWakeWord, the peer, scores only after ~2 s of audio)."""
         if start not in self._phases:
             loops = (start + self.samples) // len(self.loop) + 1
             audio = np.tile(self.loop, loops)[start : start + self.samples]
             chunks = [wire_bytes(AudioChunk(rate=RATE, width=2, channels=1, audio=audio[i : i + CHUNK].tobytes()).event())
                       for i in range(0, len(audio), CHUNK)]
             firing = [(k * len(self.loop) + self.fire - start) // CHUNK for k in range(loops)
-                      if k * len(self.loop) + self.phrase_at >= start and k * len(self.loop) + self.fire - start < self.samples]
-            cut = self.phrase_at < start <= self.fire + RATE // 2
-            self._phases[start] = (chunks, firing, cut)
+                      if k * len(self.loop) + self.phrase_at - start >= WARMUP_S * RATE
+                      and k * len(self.loop) + self.fire - start < self.samples]
+            self._phases[start] = (chunks, firing)
         return self._phases[start]
 
     def streams(self, n: int) -> list[Stream]:
@@ -206,20 +207,20 @@ async def read_detections(reader: asyncio.StreamReader, stream: Stream) -> None:
             stream.detections.append(time.monotonic())
 
 
-def phrase_latencies(stream: Stream) -> tuple[list[tuple[float, float]], int, int]:
-    """((sent, latency) per detected phrase, missed, stray): a detection belongs to the phrase
-    whose firing chunk went out last before it (1 s of slack for an earlier frame firing)."""
+def phrase_latencies(stream: Stream) -> tuple[list[tuple[float, float]], int]:
+    """((sent, latency) per detected phrase, missed): a detection belongs to the phrase whose
+    firing chunk went out last before it (1 s of slack for an earlier frame firing); earlier
+    ones (a phrase that does not count) are left out."""
     sent = [stream.sent_at[c] for c in stream.firing if c < len(stream.sent_at)]
-    found, missed, stray = [], 0, 0
+    found, missed = [], 0
     bounds = [s - 1.0 for s in sent] + [float("inf")]
-    stray += 0 if stream.cut else sum(1 for d in stream.detections if d < bounds[0])
     for i, when in enumerate(sent):
         mine = [d for d in stream.detections if bounds[i] <= d < bounds[i + 1]]
         if mine:
             found.append((when, mine[0] - when))
         else:
             missed += 1
-    return found, missed + len(stream.firing) - len(sent), stray
+    return found, missed + len(stream.firing) - len(sent)
 
 
 def settle(proc: subprocess.Popen, limit_s: float = 120.0) -> None:
@@ -241,19 +242,18 @@ def measure(proc: subprocess.Popen, port: int, n: int, load: Load, judge: bool =
     asyncio.run(run_level(port, streams, load.samples / RATE))
     used = cpu_seconds(proc.pid) - before
     client = (time.process_time() - client_before) / (time.monotonic() - wall)
-    found, missed, stray = [], 0, 0
+    found, missed = [], 0
     for stream in streams:
-        f, m, s = phrase_latencies(stream)
+        f, m = phrase_latencies(stream)
         found += f
         missed += m
-        stray += s
     found.sort()
     latencies = np.array([lat for _, lat in found])
     third = len(latencies) // 3
     drift = float(np.median(latencies[-third:]) - np.median(latencies[:third])) if third else 0.0
     audio_s = n * load.samples / RATE
     r = {
-        "phrases": sum(len(s.firing) for s in streams), "missed": missed, "stray": stray,
+        "phrases": sum(len(s.firing) for s in streams), "missed": missed,
         "p50": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
         "p99": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
         "drift": drift, "lag": max(s.max_lag for s in streams),
@@ -315,8 +315,7 @@ def main() -> None:
                 r = measure(proc, p, n, load, judge)
                 print(f"{label:<38} {n:>4} {r['phrases']:>7} {r['missed']:>6} {r['p50'] * 1000:>7.0f} "
                       f"{r['p99'] * 1000:>7.0f} {r['drift'] * 1000:>8.0f} {r['lag'] * 1000:>7.0f} {r['cpu']:>13.5f} "
-                      f"{r['us_frame']:>8.0f} {r['client']:>6.2f}  {r['verdict']}"
-                      + (f" ({r['stray']} stray)" if r["stray"] else ""), flush=True)
+                      f"{r['us_frame']:>8.0f} {r['client']:>6.2f}  {r['verdict']}", flush=True)
     finally:
         for _, proc, *_ in servers:
             proc.terminate()
