@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 
 from reference import load_wav, padded
 from wyoming_oww_rk3588.engine import Engine
@@ -43,3 +44,54 @@ def test_split_batches_give_the_same_detections_as_one_thread():
     assert all(d and d[0][0] == "alexa" for d in two)
     # a later start means a later detection, in audio time
     assert two[0][0][1] < two[4][0][1]
+
+
+def _runner_with_period(monkeypatch, period_s: float):
+    from wyoming_oww_rk3588 import scheduler
+
+    monkeypatch.setattr(scheduler, "BATCH_PERIOD_S", period_s)
+    engine = Engine(features_backend="cpu", heads_backend="cpu")
+    return EngineRunner(engine, workers=1), [("alexa", engine.registry.resolve("alexa"))]
+
+
+def test_satellites_whose_frames_complete_within_one_period_share_one_batch(monkeypatch):
+    runner, models = _runner_with_period(monkeypatch, 600.0)  # longer than any stall of a busy machine
+    frame = np.zeros(1280, np.int16)
+
+    async def go():
+        runner.start()
+        handles = [runner.open(models, lambda d: None, lambda m: None) for _ in range(8)]
+        runner.feed(handles[0], frame)  # the first batch starts at once
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        for handle in handles[1:]:  # real-time satellites: one frame each, at other phases
+            runner.feed(handle, frame)
+            await asyncio.sleep(0)
+        assert [h.stream.features.steps for h in handles] == [1] + [0] * 7  # waiting for the period
+        runner.feed(handles[0], frame)
+        runner.feed(handles[0], frame)  # two frames waiting: this one is behind, the batch starts now
+        await asyncio.wait_for(asyncio.gather(*(runner.drain(h) for h in handles)), 60)
+        await runner.stop()
+        return [h.stream.features.steps for h in handles]
+
+    assert asyncio.run(go()) == [3] + [1] * 7
+    assert runner.batches == 2
+
+
+def test_a_client_faster_than_real_time_is_never_held_by_the_period(monkeypatch):
+    runner, models = _runner_with_period(monkeypatch, 600.0)
+    clip = padded(load_wav("alexa_test.wav"), 1.0, 1.0)
+    found = []
+
+    async def go():
+        runner.start()
+        handle = runner.open(models, found.append, lambda m: None)
+        for start in range(0, len(clip), 1024):  # as fast as it can send
+            runner.feed(handle, clip[start : start + 1024])
+            await asyncio.sleep(0)
+        await asyncio.wait_for(runner.drain(handle), 60)  # would wait 600 s if it were held
+        await runner.stop()
+        return handle.stream.features.steps
+
+    assert asyncio.run(go()) == len(clip) // 1280
+    assert [d.label for d in found] == ["alexa"]

@@ -147,14 +147,22 @@ class Engine:
             verifier = self.verifiers.get(info.name)
             if verifier is not None:
                 scores = verifier.rescore(scores, windows, info.label_columns, self.verifier_threshold)
-            for (stream, asked), row in zip(listeners, scores):
+            # One conversion to Python floats (the same values as float() of each) and each
+            # detector's thresholds looked up once: this loop runs for every stream and model.
+            rows = np.asarray(scores)[:, list(info.label_columns)].tolist()
+            limits: dict[int, list[float]] = {}
+            for (stream, asked), row in zip(listeners, rows):
                 labels = stream.labels
-                muted = stream.vad is not None and stream.vad.muted
-                for label, column in zip(info.labels, info.label_columns):
-                    score = 0.0 if muted else float(row[column])
+                if stream.vad is not None and stream.vad.muted:
+                    row = [0.0] * len(row)
+                limit = limits.get(id(stream.detector))
+                if limit is None:
+                    limit = limits[id(stream.detector)] = [stream.detector.threshold_for(info.name, label)
+                                                           for label in info.labels]
+                for label, score, threshold in zip(info.labels, row, limit):
                     stream.scores[label] = score
                     # Fast path: a low score on a quiet label changes no detector state.
-                    if score < stream.detector.threshold_for(info.name, label) and label not in labels:
+                    if score < threshold and label not in labels:
                         continue
                     found = update(stream.detector, labels, info.name, asked, label, score, stream.features.steps)
                     if found is not None:

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import pacing
 from .detector import Detection
 from .engine import MAX_STEPS_PER_ROUND, Engine
 from .features import FRAME_SAMPLES, SAMPLE_RATE
@@ -53,6 +54,14 @@ MAX_QUEUED_SAMPLES = 30 * SAMPLE_RATE
 
 #: Below this many streams per part, splitting a batch across threads costs more than it saves.
 MIN_STREAMS_PER_WORKER = 16
+#: Least time from one batch's start to the next while no stream is behind: satellites whose
+#: frames complete within one 80 ms period share one batch (one call per model for all of
+#: them, which costs about the same for 1 or 8 streams) instead of a batch each. Adds at most
+#: this much latency.
+BATCH_PERIOD_S = 0.08
+#: A batch of at most this many frames runs on the event loop itself (a few ms): the hand-off to
+#: a thread and back costs more than it. Bigger ones go to the executor so reads go on meanwhile.
+INLINE_FRAMES = 8
 
 
 class EngineRunner:
@@ -65,8 +74,10 @@ class EngineRunner:
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")
         self._handles: dict[int, StreamHandle] = {}
         self._ids = itertools.count(1)
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # a frame is ready, or a drain waits
+        self._hurry = asyncio.Event()  # a stream is behind or a drain waits: no batch period
         self._task: asyncio.Task | None = None
+        self._last_batch = float("-inf")  # loop time at which the last batch started
         self.batches = 0  # batches run, for tests and logs
 
     def start(self) -> None:
@@ -101,8 +112,14 @@ class EngineRunner:
             return
         handle.inbox.append(samples)
         handle.inbox_samples += len(samples)
-        if handle.inbox_samples + handle.stream.pending_samples >= 1280:
+        self._signal(handle)
+
+    def _signal(self, handle: StreamHandle) -> None:
+        waiting = handle.inbox_samples + handle.stream.pending_samples
+        if waiting >= FRAME_SAMPLES:
             self._wake.set()
+        if waiting >= 2 * FRAME_SAMPLES:  # a client faster than real time, or a server behind
+            self._hurry.set()
 
     def backlogged(self, handle: StreamHandle) -> bool:
         return handle.inbox_samples > MAX_QUEUED_SAMPLES
@@ -114,6 +131,7 @@ class EngineRunner:
         future = asyncio.get_running_loop().create_future()
         handle.drained.append(future)
         self._wake.set()
+        self._hurry.set()  # the client waits for the answer (audio-stop): no batch period
         await future
 
     @staticmethod
@@ -127,7 +145,14 @@ class EngineRunner:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
+            wait = self._last_batch + BATCH_PERIOD_S - loop.time()
+            if wait > 0 and not self._hurry.is_set() and not self._all_waiting():
+                try:  # audio keeps coming in: more streams join this batch
+                    await asyncio.wait_for(self._hurry.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
             self._wake.clear()
+            self._hurry.clear()
             ready = []
             for handle in list(self._handles.values()):
                 if handle.inbox:
@@ -138,8 +163,16 @@ class EngineRunner:
                     self._resolve(handle)
             if not ready:
                 continue
-            parts = self._split(ready)
-            results = await asyncio.gather(*(loop.run_in_executor(self._executor, self._process, p) for p in parts))
+            self._last_batch = loop.time()
+            if sum(h.stream.ready_frames for h in ready) <= INLINE_FRAMES:
+                results = [self._process(ready)]
+            else:
+                parts = self._split(ready)
+                pacing.in_flight += 1
+                try:
+                    results = await asyncio.gather(*(loop.run_in_executor(self._executor, self._process, p) for p in parts))
+                finally:
+                    pacing.in_flight -= 1
             found = [pair for part_found, _ in results for pair in part_found]
             failed = [pair for _, part_failed in results for pair in part_failed]
             self.batches += 1
@@ -150,9 +183,10 @@ class EngineRunner:
                 if not handle.closed:
                     handle.on_error(message)
             for handle in ready:
-                if handle.inbox_samples + handle.stream.pending_samples >= 1280 or (handle.drained and handle.inbox):
+                self._signal(handle)
+                if handle.drained and handle.inbox:
                     self._wake.set()
-                elif not handle.inbox:
+                elif handle.inbox_samples + handle.stream.pending_samples < FRAME_SAMPLES and not handle.inbox:
                     self._resolve(handle)
 
     @staticmethod
@@ -169,6 +203,10 @@ class EngineRunner:
             stream.add_samples(chunk)
             handle.inbox_samples -= len(chunk)
         del handle.inbox[:taken]
+
+    def _all_waiting(self) -> bool:
+        """Every stream has a frame: waiting cannot add one (a single satellite never waits)."""
+        return all(h.inbox_samples + h.stream.pending_samples >= FRAME_SAMPLES for h in self._handles.values())
 
     def _split(self, ready: list[StreamHandle]) -> list[list[StreamHandle]]:
         if self.engine.backends["features"] != "cpu":

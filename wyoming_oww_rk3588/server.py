@@ -18,6 +18,7 @@ from .detector import DetectorConfig
 from .engine import Engine
 from .errors import BackendUnavailable, ModelError
 from .handler import WakeWordHandler
+from .pacing import paced_loop
 from .models.registry import ModelInfo, ModelRegistry
 from .scheduler import EngineRunner
 from .verifier import Verifier, bind_verifiers, find_verifier_files
@@ -217,7 +218,8 @@ def run(settings: Settings) -> int:
         _LOGGER.error("Cannot start: %s", err)
         return 2
     try:
-        asyncio.run(serve(settings, engine, models))
+        with asyncio.Runner(loop_factory=paced_loop) as runner:
+            runner.run(serve(settings, engine, models))
     except OSError as err:
         _LOGGER.error("Cannot serve on %s: %s", settings.uri, err)
         return 1

@@ -24,6 +24,10 @@ def session_options(threads: int = 1):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # With --threads > 1, idle pool threads would spin between the engine's many small calls,
+    # taking the cores that the other workers and the event loop need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3  # onnxruntime's shape-merge warnings are noise here
     return options
 

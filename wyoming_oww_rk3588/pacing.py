@@ -1,0 +1,39 @@
+"""An event loop that wakes at most every 20 ms when it has nothing to do.
+
+Each satellite sends a chunk every 64 ms; at other phases, 8 satellites wake a plain loop
+125 times a second, and a wake-up (system calls, a cold cache on a shared machine) costs
+more than reading the chunk. Waking at most every `TICK_S` reads several chunks per wake
+(a third less CPU per frame at 8 streams, nothing for one) for at most 20 ms more latency.
+Ready callbacks never wait, nor does a loop waiting for an engine batch: a loop with work
+goes on at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import time
+
+TICK_S = 0.02
+#: Engine batches running in worker threads: while any is, the loop never waits, so it starts
+#: the next batch as soon as one ends (a late start would cost the engine its time).
+in_flight = 0
+
+
+class PacedSelector(selectors.DefaultSelector):
+    _last = float("-inf")
+
+    def select(self, timeout: float | None = None):
+        if (timeout is None or timeout > 0) and not in_flight:
+            wait = self._last + TICK_S - time.monotonic()
+            if wait > 0:
+                wait = wait if timeout is None else min(wait, timeout)
+                time.sleep(wait)  # the kernel keeps the sockets' data meanwhile
+                timeout = None if timeout is None else max(0.0, timeout - wait)
+        events = super().select(timeout)
+        self._last = time.monotonic()
+        return events
+
+
+def paced_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.SelectorEventLoop(PacedSelector())
