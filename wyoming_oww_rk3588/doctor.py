@@ -21,7 +21,6 @@ import numpy as np
 
 from . import __version__, addon
 
-ADDON_VENDOR_DIR = addon.VENDOR_DIR  # where the add-on takes the board's vendor libraries from
 _RESTART = "restart the add-on"
 PACKAGES = {  # distribution -> (what it is for, the extra that installs it)
     "wyoming": ("the Wyoming protocol", ""), "onnxruntime": ("the CPU backend", ""), "numpy": ("everything", ""),
@@ -127,7 +126,7 @@ def check_python(r: Report, machine: str, in_addon: bool = False) -> None:
 def _mali_fix(in_addon: bool) -> str:
     if in_addon:
         return (f"copy the board's libmali (e.g. libmali-valhall-g610-*.so, the build matching its kernel's Mali "
-                f"driver) to {ADDON_VENDOR_DIR}/ and restart the add-on")
+                f"driver) to {addon.VENDOR_DIR}/ and {_RESTART}")
     return ("install libmali for the Mali-G610 matching the kernel's Mali driver, and register it: "
             "echo /usr/lib/aarch64-linux-gnu/libmali.so.1 > /etc/OpenCL/vendors/mali.icd")
 
@@ -251,11 +250,11 @@ def check_npu(r: Report, root: Path, machine: str, in_addon: bool) -> None:
     library, lite = root / "usr/lib/librknnrt.so", _package_version("rknn-toolkit-lite2")
     if not library.is_file():
         r.add("MISSING", "librknnrt", "/usr/lib/librknnrt.so not found; fix: " + (
-            f"copy librknnrt.so to {ADDON_VENDOR_DIR}/ and restart the add-on" if in_addon else
+            f"copy librknnrt.so to {addon.VENDOR_DIR}/ and {_RESTART}" if in_addon else
             "copy rknn-toolkit2's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so to /usr/lib/"))
     elif (version := rknnrt_version(library)) and lite and version.split(".")[:2] != lite.split(".")[:2]:
         r.add("WARN", "librknnrt", f"{version} but rknn-toolkit-lite2 {lite}; fix: " + (
-            f"copy librknnrt.so of rknn-toolkit2 {lite} to {ADDON_VENDOR_DIR}/ and {_RESTART}" if in_addon
+            f"copy librknnrt.so of rknn-toolkit2 {lite} to {addon.VENDOR_DIR}/ and {_RESTART}" if in_addon
             else "use the runtime of the release of the toolkit that converted the heads"))
     else:
         r.add("OK", "librknnrt", f"/usr/lib/librknnrt.so {version or '(version string not found)'}")

@@ -163,13 +163,34 @@ class RknnHeads:
         self._heads: dict[str, _Head] = {}
         self._lock = threading.Lock()
 
-    def _find(self, model: ModelInfo) -> tuple[Path, dict] | None:
-        """The user's cache first (their own conversion, say for another runtime release), else the
-        file shipped for a built-in head; else whatever the cache says (its reason is reported)."""
+    def _find(self, model: ModelInfo) -> tuple[tuple[Path, dict] | None, str | None]:
+        """(entry, None) for a usable .rknn, else (what was found, why it cannot be used). The user's
+        cache comes first (their own conversion, say for another runtime release), then the file
+        shipped for a built-in head; if neither is usable, the cache's reason (else the shipped file's)."""
         found = cache.find_entry(self.cache_dir, model, batch=self.batch)
-        if found is not None and found[1].get("status") == "ok" and cache.rknn_problem(*found) is None:
-            return found
-        return builtin.find(model, self.batch) or found
+        problem = self._problem(model, found)
+        if problem is None:
+            return found, None
+        shipped = builtin.find(model, self.batch)
+        if shipped is None:
+            return found, problem
+        shipped_problem = self._problem(model, shipped)
+        if shipped_problem is None or found is None:  # a damaged shipped file says so
+            return shipped, shipped_problem
+        return found, problem
+
+    def _problem(self, model: ModelInfo, found: tuple[Path, dict] | None) -> str | None:
+        if found is None:
+            return f"no converted .rknn in {self.cache_dir}; {self._convert_advice(model)}"
+        json_path, entry = found
+        if entry.get("status") != "ok":
+            return f"rknn-toolkit2 {entry.get('toolkit')} could not convert it ({entry.get('reason')})"
+        problem = cache.rknn_problem(json_path, entry)  # reads and hashes the .rknn
+        if problem:
+            return f"{problem}; {self._convert_advice(model, force=True)}"
+        if (entry.get("window"), entry.get("n_outputs")) != (model.window, model.n_outputs):
+            return f"{json_path.name} does not match the model's shapes; convert it again"
+        return None
 
     def _convert_advice(self, model: ModelInfo, force: bool = False) -> str:
         """How to get a .rknn: the command here, or in the add-on (which has no converter) a PC's."""
@@ -182,29 +203,16 @@ class RknnHeads:
         return f"run `{_CONVERT.format(dir=self.cache_dir)}{flag}`"
 
     def unsupported_reason(self, model: ModelInfo) -> str | None:
-        if model.name in self._heads:
-            return None
-        found = self._find(model)
-        if found is None:
-            return f"no converted .rknn in {self.cache_dir}; {self._convert_advice(model)}"
-        json_path, entry = found
-        if entry.get("status") != "ok":
-            return f"rknn-toolkit2 {entry.get('toolkit')} could not convert it ({entry.get('reason')})"
-        problem = cache.rknn_problem(json_path, entry)
-        if problem:
-            return f"{problem}; {self._convert_advice(model, force=True)}"
-        if (entry.get("window"), entry.get("n_outputs")) != (model.window, model.n_outputs):
-            return f"{json_path.name} does not match the model's shapes; convert it again"
-        return None
+        return None if model.name in self._heads else self._find(model)[1]
 
     def load(self, model: ModelInfo) -> None:
         with self._lock:
             if model.name in self._heads:
                 return
-            reason = self.unsupported_reason(model)
+            found, reason = self._find(model)
             if reason:
                 raise BackendUnavailable(reason)
-            json_path, entry = self._find(model)
+            json_path, entry = found
             head = _Head(self._open(model, json_path.with_name(entry["rknn_file"]), entry),
                          entry["batch"], entry["window"], entry["n_outputs"], entry["data_format"])
             try:
