@@ -27,8 +27,8 @@ class RecordingEngine(Engine):
 
         self.features.advance = counting
 
-    def _score(self, streams, detections) -> None:
-        super()._score(streams, detections)
+    def _detect_step(self, streams, *args) -> None:
+        super()._detect_step(streams, *args)
         for stream in streams:
             self.log.setdefault(id(stream), []).append(dict(stream.scores))
 

@@ -46,16 +46,13 @@ def test_split_batches_give_the_same_detections_as_one_thread():
     assert two[0][0][1] < two[4][0][1]
 
 
-def _runner_with_period(monkeypatch, period_s: float):
-    from wyoming_oww_rk3588 import scheduler
-
-    monkeypatch.setattr(scheduler, "BATCH_PERIOD_S", period_s)
+def _runner_with_period(period_s: float):
     engine = Engine(features_backend="cpu", heads_backend="cpu")
-    return EngineRunner(engine, workers=1), [("alexa", engine.registry.resolve("alexa"))]
+    return EngineRunner(engine, workers=1, batch_window_s=period_s), [("alexa", engine.registry.resolve("alexa"))]
 
 
-def test_satellites_whose_frames_complete_within_one_period_share_one_batch(monkeypatch):
-    runner, models = _runner_with_period(monkeypatch, 600.0)  # longer than any stall of a busy machine
+def test_satellites_whose_frames_complete_within_one_period_share_one_batch():
+    runner, models = _runner_with_period(600.0)  # longer than any stall of a busy machine
     frame = np.zeros(1280, np.int16)
 
     async def go():
@@ -68,18 +65,18 @@ def test_satellites_whose_frames_complete_within_one_period_share_one_batch(monk
             runner.feed(handle, frame)
             await asyncio.sleep(0)
         assert [h.stream.features.steps for h in handles] == [1] + [0] * 7  # waiting for the period
-        runner.feed(handles[0], frame)
-        runner.feed(handles[0], frame)  # two frames waiting: this one is behind, the batch starts now
+        for _ in range(runner.behind_frames):  # more than a window brings: behind, the batch starts now
+            runner.feed(handles[0], frame)
         await asyncio.wait_for(asyncio.gather(*(runner.drain(h) for h in handles)), 60)
         await runner.stop()
         return [h.stream.features.steps for h in handles]
 
-    assert asyncio.run(go()) == [3] + [1] * 7
+    assert asyncio.run(go()) == [1 + runner.behind_frames] + [1] * 7
     assert runner.batches == 2
 
 
-def test_a_client_faster_than_real_time_is_never_held_by_the_period(monkeypatch):
-    runner, models = _runner_with_period(monkeypatch, 600.0)
+def test_a_client_faster_than_real_time_is_never_held_by_the_period():
+    runner, models = _runner_with_period(600.0)
     clip = padded(load_wav("alexa_test.wav"), 1.0, 1.0)
     found = []
 

@@ -15,6 +15,8 @@ from .verifier import DEFAULT_VERIFIER_THRESHOLD
 DEFAULT_URI = "tcp://0.0.0.0:10400"
 DEFAULT_ZEROCONF_NAME = "openWakeWord-rk3588"
 NPU_CORE_MASKS = ("auto", "0", "1", "2", "0_1", "0_1_2")
+DEFAULT_BATCH_WINDOW_MS = 240  # scheduler.DEFAULT_BATCH_WINDOW_S (a test keeps them equal)
+MAX_BATCH_WINDOW_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Settings:
     rknn_cache_dir: Path | None = None
     threads: int = 1
     workers: int = field(default_factory=lambda: default_workers())
+    batch_window_ms: int = DEFAULT_BATCH_WINDOW_MS
     zeroconf: str | None = None
     debug: bool = False
 
@@ -71,6 +74,16 @@ def _probability(text: str, below_one: bool = False) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not 0.0 <= value <= 1.0 or (below_one and value == 1.0):
         raise argparse.ArgumentTypeError(f"{text} is outside [0, {'1)' if below_one else '1]'}")
+    return value
+
+
+def _batch_window(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds") from None
+    if not 0 <= value <= MAX_BATCH_WINDOW_MS:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0-{MAX_BATCH_WINDOW_MS} ms")
     return value
 
 
@@ -166,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--threads", type=_positive_int, default=1, help="onnxruntime threads per engine worker")
     add("--workers", type=_positive_int, default=None,
         help="engine threads that share a big CPU batch (default: cores, at most 4)")
+    add("--batch-window-ms", type=_batch_window, default=DEFAULT_BATCH_WINDOW_MS, metavar="MS",
+        help="score every satellite's audio together at most this often: longer costs less CPU per "
+        f"satellite and adds at most this much to the detection time; 0 = each frame at once "
+        f"(default {DEFAULT_BATCH_WINDOW_MS}, at most {MAX_BATCH_WINDOW_MS})")
     add("--zeroconf", nargs="?", const=DEFAULT_ZEROCONF_NAME, default=None, metavar="NAME",
         help=f"announce the service on the LAN with mDNS (default name {DEFAULT_ZEROCONF_NAME})")
     add("--model", action="append", default=[], help=argparse.SUPPRESS)  # wyoming-openwakeword's old flag
@@ -201,6 +218,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         rknn_cache_dir=args.rknn_cache_dir,
         threads=args.threads,
         workers=args.workers or default_workers(),
+        batch_window_ms=args.batch_window_ms,
         zeroconf=args.zeroconf,
         debug=args.debug,
     )

@@ -121,8 +121,8 @@ class Engine:
         return min(MAX_STEPS_PER_ROUND, stream.ready_frames)
 
     def _advance(self, streams: list[StreamState], steps: int, detections: list) -> None:
-        """`steps` frames of every stream through the features, then each step through the
-        heads and detectors in order."""
+        """`steps` frames of every stream through the features, then all of them through each
+        model in one call, then the detectors step by step in order."""
         frames = np.stack([s.take_frames(steps) for s in streams])  # [B, steps, 1280]
         if steps == 1:
             if self.vad is not None:
@@ -130,55 +130,68 @@ class Engine:
             if self._speex is not None:
                 frames = suppress_noise(streams, frames[:, 0])[:, None]
         states = [s.features for s in streams]
-        embeddings = self.features.advance(states, frames)
+        embeddings = self.features.advance(states, frames)  # [B, steps, 96]
+        scored = self._scores(streams, embeddings)
+        first_step = [s.steps + 1 for s in states]
+        self.features.push(states, embeddings)
         for k in range(steps):
-            self.features.push(states, embeddings[:, k])
-            self._score(streams, detections)
+            self._detect_step(streams, scored, k, first_step, detections)
 
-    def _score(self, streams: list[StreamState], detections: list) -> None:
-        members: dict[str, tuple[ModelInfo, list[tuple[StreamState, str]]]] = {}
-        for stream in streams:
+    def _detect_step(self, streams: list[StreamState], scored: list, k: int, first_step: list[int],
+                     detections: list) -> None:
+        """Step `k`'s scores of every model through their listeners' detectors."""
+        for info, listeners, rows in scored:
+            self._detect(info, listeners, rows, k, streams, first_step, detections)
+
+    def _scores(self, streams: list[StreamState], embeddings: np.ndarray) -> list:
+        """Every model's scores for every step of its listeners, one call per model:
+        [(model, [(stream index, asked name)], rows [listeners, steps, labels] as lists)]."""
+        members: dict[str, tuple[ModelInfo, list[tuple[int, str]]]] = {}
+        for i, stream in enumerate(streams):
             for asked, info in stream.models:
-                members.setdefault(info.name, (info, []))[1].append((stream, asked))
-        histories: dict[tuple[int, ...], np.ndarray] = {}
+                members.setdefault(info.name, (info, []))[1].append((i, asked))
+        steps = embeddings.shape[1]
+        history = self.features.histories([s.features for s in streams])  # [B, H, 96], before this round
+        extended = np.concatenate([history, embeddings], axis=1)
+        out = []
         for info, listeners in members.values():
-            windows = self._windows(info.window, [s for s, _ in listeners], histories)
+            rows = [i for i, _ in listeners]
+            part = extended[rows] if len(rows) < len(streams) else extended
+            # Windows ending at each of the new steps: [B', steps, window, 96] -> [B' * steps, window, 96].
+            tail = part[:, part.shape[1] - steps - info.window + 1 :]
+            windows = np.lib.stride_tricks.sliding_window_view(tail, info.window, axis=1)
+            windows = np.ascontiguousarray(windows.transpose(0, 1, 3, 2)).reshape(-1, info.window, tail.shape[2])
             scores = self.heads.score(info, windows)
             verifier = self.verifiers.get(info.name)
             if verifier is not None:
                 scores = verifier.rescore(scores, windows, info.label_columns, self.verifier_threshold)
-            # One conversion to Python floats (the same values as float() of each) and each
-            # detector's thresholds looked up once: this loop runs for every stream and model.
-            rows = np.asarray(scores)[:, list(info.label_columns)].tolist()
-            limits: dict[int, list[float]] = {}
-            for (stream, asked), row in zip(listeners, rows):
-                labels = stream.labels
-                if stream.vad is not None and stream.vad.muted:
-                    row = [0.0] * len(row)
-                limit = limits.get(id(stream.detector))
-                if limit is None:
-                    limit = limits[id(stream.detector)] = [stream.detector.threshold_for(info.name, label)
-                                                           for label in info.labels]
-                for label, score, threshold in zip(info.labels, row, limit):
-                    stream.scores[label] = score
-                    # Fast path: a low score on a quiet label changes no detector state.
-                    if score < threshold and label not in labels:
-                        continue
-                    found = update(stream.detector, labels, info.name, asked, label, score, stream.features.steps)
-                    if found is not None:
-                        detections.append((stream, found))
+            # One conversion to Python floats (the same values as float() of each).
+            values = np.asarray(scores)[:, list(info.label_columns)].reshape(len(listeners), steps, -1).tolist()
+            out.append((info, listeners, values))
+        return out
 
     @staticmethod
-    def _windows(length: int, streams: list[StreamState], histories: dict) -> np.ndarray:
-        """[B, length, 96] embedding windows; streams' histories are stacked once per round."""
-        key = tuple(id(s) for s in streams)
-        stacked = histories.get(key)
-        if stacked is None:
-            sizes = {len(s.features.embeddings) for s in streams}
-            if len(sizes) != 1:
-                return np.stack([s.features.window(length) for s in streams])
-            stacked = histories[key] = np.stack([s.features.embeddings for s in streams])
-        return stacked[:, -length:]
+    def _detect(info: ModelInfo, listeners: list, rows: list, k: int, streams: list[StreamState],
+                first_step: list[int], detections: list) -> None:
+        """Step `k`'s scores of one model through its listeners' detectors."""
+        limits: dict[int, list[float]] = {}  # each detector's thresholds, looked up once
+        for (i, asked), per_step in zip(listeners, rows):
+            stream, row = streams[i], per_step[k]
+            labels = stream.labels
+            if stream.vad is not None and stream.vad.muted:
+                row = [0.0] * len(row)
+            limit = limits.get(id(stream.detector))
+            if limit is None:
+                limit = limits[id(stream.detector)] = [stream.detector.threshold_for(info.name, label)
+                                                       for label in info.labels]
+            for label, score, threshold in zip(info.labels, row, limit):
+                stream.scores[label] = score
+                # Fast path: a low score on a quiet label changes no detector state.
+                if score < threshold and label not in labels:
+                    continue
+                found = update(stream.detector, labels, info.name, asked, label, score, first_step[i] + k)
+                if found is not None:
+                    detections.append((stream, found))
 
     def close(self) -> None:
         self.heads.close()

@@ -8,6 +8,8 @@ openWakeWord's random-noise embeddings, so padding alone can never look like a w
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,14 +40,109 @@ def scale_mel(raw: np.ndarray) -> np.ndarray:
     return raw / np.float32(10) + np.float32(2)
 
 
-@dataclass
-class FeatureState:
-    """One stream's features state: plain arrays, moved between backends as is."""
+class StatePool:
+    """Every stream's features state in a few shared arrays, one row (slot) per stream.
 
-    context: np.ndarray  # [480] int16: the previous step's last samples
-    conv_states: list[np.ndarray]  # per time-conv layer [C, 2, F]
-    embeddings: np.ndarray  # [history, 96], newest last
-    steps: int = 0  # 80 ms steps processed
+    A batch gathers and scatters its streams' rows with one numpy call per array instead of one
+    per stream and array (15 arrays), which at hundreds of streams cost more than the mel. The
+    rows are plain numbers, the same for every backend, so streams still move between them.
+    Growing the arrays happens under the lock that gathers and scatters take, so a batch running
+    in a worker thread while a stream opens never writes into an array that was replaced."""
+
+    def __init__(self, silence: "SilenceStart", history: int) -> None:
+        self._silence = silence
+        self._lock = threading.Lock()
+        self._free: list[int] = []
+        self.context = np.zeros((0, MEL_CONTEXT_SAMPLES), np.int16)
+        self.conv = [np.zeros((0, *s.shape), np.float32) for s in silence.conv_states]
+        self.embeddings = np.zeros((0, max(history, 1), EMBEDDING_DIM), np.float32)
+        self.steps = np.zeros(0, np.int64)
+
+    def allocate(self, history: int) -> int:
+        with self._lock:
+            if history > self.embeddings.shape[1]:  # older rows are silence: only longer windows read them
+                extra = np.broadcast_to(self._silence.embedding, (len(self.steps), history - self.embeddings.shape[1],
+                                                                  EMBEDDING_DIM))
+                self.embeddings = np.concatenate([extra, self.embeddings], axis=1)
+            if not self._free:
+                self._grow(max(16, 2 * len(self.steps)))
+            slot = self._free.pop()
+            self.context[slot] = 0
+            for layer, start in zip(self.conv, self._silence.conv_states):
+                layer[slot] = start
+            self.embeddings[slot] = self._silence.embedding
+            self.steps[slot] = 0
+            return slot
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+    def _grow(self, capacity: int) -> None:
+        old = len(self.steps)
+
+        def grown(array: np.ndarray) -> np.ndarray:
+            out = np.zeros((capacity, *array.shape[1:]), array.dtype)
+            out[:old] = array
+            return out
+
+        self.context, self.steps, self.embeddings = grown(self.context), grown(self.steps), grown(self.embeddings)
+        self.conv = [grown(layer) for layer in self.conv]
+        self._free.extend(range(capacity - 1, old - 1, -1))
+
+    def gather(self, slots: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(contexts [B, 480], conv states per layer [B, C, 2, F]) of these slots, copied."""
+        with self._lock:
+            return self.context[slots], [layer[slots] for layer in self.conv]
+
+    def scatter(self, slots: np.ndarray, contexts: np.ndarray, conv: list[np.ndarray]) -> None:
+        with self._lock:
+            self.context[slots] = contexts
+            for layer, rows in zip(self.conv, conv):
+                layer[slots] = rows
+
+    def histories(self, slots: np.ndarray, length: int) -> np.ndarray:
+        """The last `length` embeddings of these slots, [B, length, 96], copied."""
+        with self._lock:
+            return self.embeddings[slots, self.embeddings.shape[1] - length :]
+
+    def push(self, slots: np.ndarray, embeddings: np.ndarray) -> None:
+        """Append K steps' embeddings [B, K, 96] to these slots' histories."""
+        with self._lock:
+            steps = embeddings.shape[1]
+            if steps >= self.embeddings.shape[1]:
+                self.embeddings[slots] = embeddings[:, steps - self.embeddings.shape[1] :]
+            else:
+                self.embeddings[slots] = np.concatenate([self.embeddings[slots, steps:], embeddings], axis=1)
+            self.steps[slots] += steps
+
+
+class FeatureState:
+    """One stream's features state: its row of the pipeline's StatePool, freed with this object.
+    The properties read (and write) that row: plain arrays, the same for every backend."""
+
+    __slots__ = ("pool", "slot", "history", "__weakref__")
+
+    def __init__(self, pool: StatePool, history: int) -> None:
+        self.pool, self.history = pool, max(history, 1)
+        self.slot = pool.allocate(self.history)
+        weakref.finalize(self, pool.release, self.slot)
+
+    @property
+    def context(self) -> np.ndarray:  # [480] int16: the previous step's last samples
+        return self.pool.context[self.slot]
+
+    @property
+    def conv_states(self) -> list[np.ndarray]:  # per time-conv layer [C, 2, F]
+        return [layer[self.slot] for layer in self.pool.conv]
+
+    @property
+    def embeddings(self) -> np.ndarray:  # [history, 96], newest last
+        return self.pool.embeddings[self.slot, -self.history :]
+
+    @property
+    def steps(self) -> int:  # 80 ms steps processed
+        return int(self.pool.steps[self.slot])
 
     def window(self, length: int) -> np.ndarray:
         return self.embeddings[-length:]
@@ -83,17 +180,15 @@ class FeaturePipeline:
         self.backend = backend
         self._fallback_factory = fallback_factory
         self.silence = silence_start(backend)
+        self.pool = StatePool(self.silence, 1)
 
     @property
     def name(self) -> str:
         return self.backend.name
 
     def new_state(self, history: int) -> FeatureState:
-        return FeatureState(
-            context=np.zeros(MEL_CONTEXT_SAMPLES, np.int16),
-            conv_states=[s.copy() for s in self.silence.conv_states],
-            embeddings=np.tile(self.silence.embedding, (max(history, 1), 1)),
-        )
+        """A stream that starts from silence, keeping its newest `history` embeddings."""
+        return FeatureState(self.pool, history)
 
     def _call(self, method: str, *args):
         if method == "features_step" and not hasattr(self.backend, method):  # optional, e.g. not on the CPU
@@ -127,7 +222,7 @@ class FeaturePipeline:
         if contexts is None:
             contexts = np.stack([s.context for s in states])
         mel = np.empty((batch, MEL_FRAMES_PER_STEP, MEL_BINS), np.float32)
-        first = np.array([s.steps == 0 for s in states], bool)
+        first = self.pool.steps[_slots(states)] == 0
         if (~first).any():
             rows = np.flatnonzero(~first)
             audio = np.concatenate([contexts[rows], frames[rows]], axis=1)
@@ -156,8 +251,8 @@ class FeaturePipeline:
         history and step count move with `push`, one step at a time, so the heads can score
         each step in order."""
         steps = frames.shape[1]
-        gathered = [np.stack(layer) for layer in zip(*(s.conv_states for s in states))]
-        contexts = np.stack([s.context for s in states])
+        slots = _slots(states)
+        contexts, gathered = self.pool.gather(slots)
         if steps > 1 and self.multi_step:
             # All K steps' audio as one mel batch (each step clipped on its own), one model call.
             mel = np.concatenate([self.mel_steps(states, frames[:, 0], contexts), self._later_mel(frames)], axis=1)
@@ -167,7 +262,7 @@ class FeaturePipeline:
             fused = getattr(self.backend, "features_step", None) is not None
             for k in range(steps):
                 context = contexts if k == 0 else frames[:, k - 1, -MEL_CONTEXT_SAMPLES:]
-                if fused and (k > 0 or all(s.steps > 0 for s in states)):
+                if fused and (k > 0 or self.pool.steps[slots].all()):
                     # A backend that offers it runs mel, scaling and embedding in one device round trip.
                     audio = np.concatenate([context, frames[:, k]], axis=1).astype(np.float32)
                     embedding, gathered = self._run("features_step", audio, gathered)
@@ -176,9 +271,7 @@ class FeaturePipeline:
                     embedding, gathered = self._run("embed_step", mel, gathered)
                 out.append(embedding)
             embeddings = np.stack(out, axis=1)
-        for i, state in enumerate(states):
-            state.conv_states = [layer[i] for layer in gathered]
-            state.context = frames[i, -1, -MEL_CONTEXT_SAMPLES:].copy()
+        self.pool.scatter(slots, frames[:, -1, -MEL_CONTEXT_SAMPLES:], gathered)
         return embeddings
 
     def _later_mel(self, frames: np.ndarray) -> np.ndarray:
@@ -189,10 +282,14 @@ class FeaturePipeline:
         mel = self._run("melspectrogram", audio.reshape(batch * (steps - 1), -1).astype(np.float32))
         return scale_mel(mel).reshape(batch, (steps - 1) * MEL_FRAMES_PER_STEP, MEL_BINS)
 
-    @staticmethod
-    def push(states: list[FeatureState], embeddings: np.ndarray) -> None:
-        """Append one step's embeddings [B, 96] to the streams' histories."""
-        for i, state in enumerate(states):
-            state.embeddings[:-1] = state.embeddings[1:]
-            state.embeddings[-1] = embeddings[i]
-            state.steps += 1
+    def push(self, states: list[FeatureState], embeddings: np.ndarray) -> None:
+        """Append K steps' embeddings [B, K, 96] (or one step's, [B, 96]) to the streams' histories."""
+        self.pool.push(_slots(states), embeddings if embeddings.ndim == 3 else embeddings[:, None])
+
+    def histories(self, states: list[FeatureState]) -> np.ndarray:
+        """The streams' embedding histories [B, H, 96] (H: the longest they keep), copied."""
+        return self.pool.histories(_slots(states), max(s.history for s in states))
+
+
+def _slots(states: list[FeatureState]) -> np.ndarray:
+    return np.fromiter((s.slot for s in states), np.intp, len(states))

@@ -1,11 +1,11 @@
-"""An event loop that wakes at most every 20 ms when it has nothing to do.
+"""An event loop that wakes at most once a tick when it has nothing to do.
 
 Each satellite sends a chunk every 64 ms; at other phases, 8 satellites wake a plain loop
-125 times a second, and a wake-up (system calls, a cold cache on a shared machine) costs
-more than reading the chunk. Waking at most every `TICK_S` reads several chunks per wake
-(a third less CPU per frame at 8 streams, nothing for one) for at most 20 ms more latency.
-Ready callbacks never wait, nor does a loop waiting for an engine batch: a loop with work
-goes on at once.
+125 times a second, and a wake-up (system calls, a cache gone cold on a shared machine)
+costs more than reading the chunk. Waking at most once a tick reads several chunks per wake;
+the engine scores them once a batch window anyway (scheduler.py), so a tick of half that
+window adds no latency that the window does not. Ready callbacks and timers never wait, nor
+does a loop waiting for an engine batch: a loop with work goes on at once.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import selectors
 import time
 
+#: Default tick: half the default batch window (scheduler.DEFAULT_BATCH_WINDOW_S).
 TICK_S = 0.02
 #: Engine batches running in worker threads: while any is, the loop never waits, so it starts
 #: the next batch as soon as one ends (a late start would cost the engine its time).
@@ -23,9 +24,13 @@ in_flight = 0
 class PacedSelector(selectors.DefaultSelector):
     _last = float("-inf")
 
+    def __init__(self, tick_s: float = TICK_S) -> None:
+        super().__init__()
+        self.tick_s = tick_s
+
     def select(self, timeout: float | None = None):
         if (timeout is None or timeout > 0) and not in_flight:
-            wait = self._last + TICK_S - time.monotonic()
+            wait = self._last + self.tick_s - time.monotonic()
             if wait > 0:
                 wait = wait if timeout is None else min(wait, timeout)
                 time.sleep(wait)  # the kernel keeps the sockets' data meanwhile
@@ -35,5 +40,5 @@ class PacedSelector(selectors.DefaultSelector):
         return events
 
 
-def paced_loop() -> asyncio.AbstractEventLoop:
-    return asyncio.SelectorEventLoop(PacedSelector())
+def paced_loop(tick_s: float = TICK_S) -> asyncio.AbstractEventLoop:
+    return asyncio.SelectorEventLoop(PacedSelector(tick_s))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -54,23 +55,27 @@ MAX_QUEUED_SAMPLES = 30 * SAMPLE_RATE
 
 #: Below this many streams per part, splitting a batch across threads costs more than it saves.
 MIN_STREAMS_PER_WORKER = 16
-#: Least time from one batch's start to the next while no stream is behind: satellites whose
-#: frames complete within one 80 ms period share one batch (one call per model for all of
-#: them, which costs about the same for 1 or 8 streams) instead of a batch each. Adds at most
-#: this much latency.
-BATCH_PERIOD_S = 0.08
+#: Least time from one batch's start to the next while no stream is behind. Every stream's
+#: frames that complete within one window are scored in one batch: one call per model for all
+#: the satellites and all their frames, and one wake-up of a cold CPU instead of one per frame
+#: (the weights of the 7 models, ~9 MB, are reread from memory at each). That is what costs a
+#: home's 1-8 satellites their CPU. Adds at most this much to the detection time.
+DEFAULT_BATCH_WINDOW_S = 0.24
 #: A batch of at most this many frames runs on the event loop itself (a few ms): the hand-off to
 #: a thread and back costs more than it. Bigger ones go to the executor so reads go on meanwhile.
-INLINE_FRAMES = 8
+INLINE_FRAMES = 32
 
 
 class EngineRunner:
     """`workers` > 1 splits big CPU batches across threads (onnxruntime releases the GIL);
     an accelerator's batch is never split, since one big batch is what it is fast at."""
 
-    def __init__(self, engine: Engine, workers: int = 1) -> None:
+    def __init__(self, engine: Engine, workers: int = 1, batch_window_s: float = DEFAULT_BATCH_WINDOW_S) -> None:
         self.engine = engine
         self.workers = max(1, workers)
+        self.batch_window_s = batch_window_s
+        # More frames waiting than a window brings (+1 for a chunk's worth) means behind: no waiting.
+        self.behind_frames = min(math.ceil(batch_window_s * SAMPLE_RATE / FRAME_SAMPLES) + 2, MAX_STEPS_PER_ROUND)
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")
         self._handles: dict[int, StreamHandle] = {}
         self._ids = itertools.count(1)
@@ -118,7 +123,7 @@ class EngineRunner:
         waiting = handle.inbox_samples + handle.stream.pending_samples
         if waiting >= FRAME_SAMPLES:
             self._wake.set()
-        if waiting >= 2 * FRAME_SAMPLES:  # a client faster than real time, or a server behind
+        if waiting >= self.behind_frames * FRAME_SAMPLES:  # a client faster than real time, or a server behind
             self._hurry.set()
 
     def backlogged(self, handle: StreamHandle) -> bool:
@@ -145,8 +150,8 @@ class EngineRunner:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            wait = self._last_batch + BATCH_PERIOD_S - loop.time()
-            if wait > 0 and not self._hurry.is_set() and not self._all_waiting():
+            wait = self._last_batch + self.batch_window_s - loop.time()
+            if wait > 0 and not self._hurry.is_set():
                 try:  # audio keeps coming in: more streams join this batch
                     await asyncio.wait_for(self._hurry.wait(), wait)
                 except asyncio.TimeoutError:
@@ -184,8 +189,9 @@ class EngineRunner:
                     handle.on_error(message)
             for handle in ready:
                 self._signal(handle)
-                if handle.drained and handle.inbox:
+                if handle.drained and handle.inbox:  # its client waits for the answer: no window
                     self._wake.set()
+                    self._hurry.set()
                 elif handle.inbox_samples + handle.stream.pending_samples < FRAME_SAMPLES and not handle.inbox:
                     self._resolve(handle)
 
@@ -203,10 +209,6 @@ class EngineRunner:
             stream.add_samples(chunk)
             handle.inbox_samples -= len(chunk)
         del handle.inbox[:taken]
-
-    def _all_waiting(self) -> bool:
-        """Every stream has a frame: waiting cannot add one (a single satellite never waits)."""
-        return all(h.inbox_samples + h.stream.pending_samples >= FRAME_SAMPLES for h in self._handles.values())
 
     def _split(self, ready: list[StreamHandle]) -> list[list[StreamHandle]]:
         if self.engine.backends["features"] != "cpu":
