@@ -27,10 +27,14 @@ class RecordingEngine(Engine):
 
         self.features.advance = counting
 
-    def _detect_step(self, streams, *args) -> None:
-        super()._detect_step(streams, *args)
-        for stream in streams:
-            self.log.setdefault(id(stream), []).append(dict(stream.scores))
+    def _detect_step(self, streams, scored, k, *args) -> None:
+        super()._detect_step(streams, scored, k, *args)
+        rows: dict[int, dict[str, float]] = {}
+        for info, listeners, scores in scored:
+            for j, (i, _) in enumerate(listeners):
+                rows.setdefault(i, {}).update(zip(info.labels, scores[j, k].tolist()))
+        for i, stream in enumerate(streams):
+            self.log.setdefault(id(stream), []).append(rows.get(i, {}))
 
 
 def _audios() -> list[np.ndarray]:

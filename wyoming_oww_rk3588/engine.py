@@ -8,6 +8,7 @@ run models themselves.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Iterable, Sequence
@@ -28,6 +29,14 @@ _LOGGER = logging.getLogger(__name__)
 
 #: Most frames one stream moves per round when it is behind (8 = 640 ms of audio).
 MAX_STEPS_PER_ROUND = 8
+
+
+@functools.lru_cache(maxsize=64)
+def _window_index(length: int, steps: int, window: int) -> np.ndarray:
+    """[steps, window] positions, in a history of `length` embeddings whose last `steps` are
+    new, of the windows that end at each new step."""
+    first = length - steps - window + 1
+    return first + np.arange(steps)[:, None] + np.arange(window)[None, :]
 
 
 class Engine:
@@ -136,62 +145,69 @@ class Engine:
         self.features.push(states, embeddings)
         for k in range(steps):
             self._detect_step(streams, scored, k, first_step, detections)
-
-    def _detect_step(self, streams: list[StreamState], scored: list, k: int, first_step: list[int],
-                     detections: list) -> None:
-        """Step `k`'s scores of every model through their listeners' detectors."""
-        for info, listeners, rows in scored:
-            self._detect(info, listeners, rows, k, streams, first_step, detections)
+        for info, listeners, scores in scored:  # each stream's latest scores, per label
+            for (i, _), row in zip(listeners, scores[:, -1].tolist()):
+                streams[i].scores.update(zip(info.labels, row))
 
     def _scores(self, streams: list[StreamState], embeddings: np.ndarray) -> list:
-        """Every model's scores for every step of its listeners, one call per model:
-        [(model, [(stream index, asked name)], rows [listeners, steps, labels] as lists)]."""
+        """Every model's scores for every step of its listeners, one call per model (one for
+        all of them where the backend merges them): [(model, [(stream index, asked name)],
+        scores [listeners, steps, labels] float32, VAD-muted rows zeroed)]."""
         members: dict[str, tuple[ModelInfo, list[tuple[int, str]]]] = {}
         for i, stream in enumerate(streams):
             for asked, info in stream.models:
                 members.setdefault(info.name, (info, []))[1].append((i, asked))
         steps = embeddings.shape[1]
         history = self.features.histories([s.features for s in streams])  # [B, H, 96], before this round
-        extended = np.concatenate([history, embeddings], axis=1)
-        out = []
+        extended = np.concatenate([history, embeddings], axis=1)  # [B, H + steps, 96]
+        everyone = list(range(len(streams)))
+        infos, windows = [], []
         for info, listeners in members.values():
             rows = [i for i, _ in listeners]
-            part = extended[rows] if len(rows) < len(streams) else extended
-            # Windows ending at each of the new steps: [B', steps, window, 96] -> [B' * steps, window, 96].
-            tail = part[:, part.shape[1] - steps - info.window + 1 :]
-            windows = np.lib.stride_tricks.sliding_window_view(tail, info.window, axis=1)
-            windows = np.ascontiguousarray(windows.transpose(0, 1, 3, 2)).reshape(-1, info.window, tail.shape[2])
-            scores = self.heads.score(info, windows)
+            part = extended if rows == everyone else extended[rows]
+            # The windows that end at each new step, in one gather: [B' * steps, window, 96].
+            index = _window_index(extended.shape[1], steps, info.window)
+            infos.append(info)
+            windows.append(part[:, index].reshape(-1, info.window, extended.shape[2]))
+        out = []
+        muted = [i for i, s in enumerate(streams) if s.vad is not None and s.vad.muted]
+        for info, (_, listeners), model_windows, scores in zip(
+                infos, members.values(), windows, self.heads.score_many(infos, windows)):
             verifier = self.verifiers.get(info.name)
             if verifier is not None:
-                scores = verifier.rescore(scores, windows, info.label_columns, self.verifier_threshold)
-            # One conversion to Python floats (the same values as float() of each).
-            values = np.asarray(scores)[:, list(info.label_columns)].reshape(len(listeners), steps, -1).tolist()
-            out.append((info, listeners, values))
+                scores = verifier.rescore(scores, model_windows, info.label_columns, self.verifier_threshold)
+            scores = np.asarray(scores)[:, list(info.label_columns)].reshape(len(listeners), steps, -1)
+            if muted:
+                scores = scores.copy()
+                scores[[j for j, (i, _) in enumerate(listeners) if i in muted]] = 0.0
+            out.append((info, listeners, scores))
         return out
 
+    def _detect_step(self, streams: list[StreamState], scored: list, k: int, first_step: list[int],
+                     detections: list) -> None:
+        """Step `k`'s scores of every model through their listeners' detectors. Only a stream
+        with a score at or over its threshold, or a label still counting, can change state:
+        one comparison per model finds them, and only they go through `update`."""
+        for info, listeners, scores in scored:
+            step = scores[:, k].astype(np.float64)  # compared as update() compares: Python floats
+            thresholds = self._thresholds(info, [streams[i].detector for i, _ in listeners])
+            hot = set(np.flatnonzero((step >= thresholds).any(axis=1)).tolist())
+            hot.update(j for j, (i, _) in enumerate(listeners) if streams[i].labels)
+            for j in sorted(hot):
+                i, asked = listeners[j]
+                stream = streams[i]
+                for label, score in zip(info.labels, step[j].tolist()):
+                    found = update(stream.detector, stream.labels, info.name, asked, label, score, first_step[i] + k)
+                    if found is not None:
+                        detections.append((stream, found))
+
     @staticmethod
-    def _detect(info: ModelInfo, listeners: list, rows: list, k: int, streams: list[StreamState],
-                first_step: list[int], detections: list) -> None:
-        """Step `k`'s scores of one model through its listeners' detectors."""
-        limits: dict[int, list[float]] = {}  # each detector's thresholds, looked up once
-        for (i, asked), per_step in zip(listeners, rows):
-            stream, row = streams[i], per_step[k]
-            labels = stream.labels
-            if stream.vad is not None and stream.vad.muted:
-                row = [0.0] * len(row)
-            limit = limits.get(id(stream.detector))
-            if limit is None:
-                limit = limits[id(stream.detector)] = [stream.detector.threshold_for(info.name, label)
-                                                       for label in info.labels]
-            for label, score, threshold in zip(info.labels, row, limit):
-                stream.scores[label] = score
-                # Fast path: a low score on a quiet label changes no detector state.
-                if score < threshold and label not in labels:
-                    continue
-                found = update(stream.detector, labels, info.name, asked, label, score, first_step[i] + k)
-                if found is not None:
-                    detections.append((stream, found))
+    def _thresholds(info: ModelInfo, detectors: list[DetectorConfig]) -> np.ndarray:
+        """[labels], or [listeners, labels] where their detectors differ."""
+        first = detectors[0]
+        if all(d is first for d in detectors):
+            return np.array([first.threshold_for(info.name, label) for label in info.labels])
+        return np.array([[d.threshold_for(info.name, label) for label in info.labels] for d in detectors])
 
     def close(self) -> None:
         self.heads.close()

@@ -212,3 +212,24 @@ def batched_head(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.value_info[:]
     onnx.checker.check_model(model)
     return model
+
+
+def merged_heads(heads: list[onnx.ModelProto]) -> onnx.ModelProto:
+    """Several batched heads as one graph: head i's input and output get the prefix `h{i}_`.
+
+    One onnxruntime call then runs them all: each head's nodes, weights and shapes stay its
+    own, so every score is what its own session gives, for one call's overhead instead of one
+    per head (at one or two satellites that overhead, on a cold cache, is most of the heads'
+    cost). The heads must share their opset imports (the caller groups them)."""
+    from onnx import compose
+
+    prefixed = [compose.add_prefix(head, f"h{i}_") for i, head in enumerate(heads)]
+    graph = helper.make_graph(
+        [n for m in prefixed for n in m.graph.node], "merged_heads",
+        [i for m in prefixed for i in m.graph.input], [o for m in prefixed for o in m.graph.output],
+        [t for m in prefixed for t in m.graph.initializer],
+    )
+    model = helper.make_model(graph, opset_imports=list(heads[0].opset_import))
+    model.ir_version = max(h.ir_version for h in heads)
+    onnx.checker.check_model(model)
+    return model

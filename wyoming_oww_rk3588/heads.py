@@ -68,6 +68,28 @@ class HeadRunner:
             self._assigned[model.name] = self.cpu
             return self.cpu.score(model, windows)
 
+    def score_many(self, models: list[ModelInfo], windows: list[np.ndarray]) -> list[np.ndarray]:
+        """`score` for several models at once: a backend that offers `score_many` (the CPU) runs
+        all of its models in one call; a failure there falls back to `score` model by model."""
+        out: list[np.ndarray | None] = [None] * len(models)
+        groups: dict[int, tuple[HeadBackend, list[int]]] = {}
+        for i, model in enumerate(models):
+            backend = self.backend_for(model)
+            groups.setdefault(id(backend), (backend, []))[1].append(i)
+        for backend, members in groups.values():
+            many = getattr(backend, "score_many", None)
+            if many is not None and len(members) > 1:
+                try:
+                    for i, scores in zip(members, many([models[i] for i in members], [windows[i] for i in members])):
+                        out[i] = scores
+                    continue
+                except Exception as err:  # noqa: BLE001 - redone one by one, with score's fallback
+                    _LOGGER.error("Heads backend %s failed on %d models at once (%s); scoring them one by one",
+                                  backend.name, len(members), err)
+            for i in members:
+                out[i] = self.score(models[i], windows[i])
+        return out
+
     def close(self) -> None:
         for backend in {id(b): b for b in [*self.backends, *self._assigned.values()]}.values():
             backend.close()

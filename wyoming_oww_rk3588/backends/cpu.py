@@ -98,13 +98,19 @@ class CpuFeatures:
 
 
 class CpuHeads:
-    """Wake-word heads (ONNX) on onnxruntime, one batched call per head per step."""
+    """Wake-word heads (ONNX) on onnxruntime: one batched call per step for all the heads of a
+    round that share an opset (`score_many`), or one per head (`score`)."""
 
     name = "cpu"
+    #: Merged sessions kept, one per set of heads scored together (satellites asking for
+    #: different wake words make different sets).
+    MERGED_SESSIONS = 8
 
     def __init__(self, threads: int = 1) -> None:
         self._threads = threads
         self._sessions: dict[str, object] = {}
+        self._graphs: dict[str, onnx.ModelProto] = {}  # batched heads, to merge
+        self._merged: dict[tuple[str, ...], list] = {}
         self._lock = threading.Lock()
 
     def unsupported_reason(self, model: ModelInfo) -> str | None:
@@ -115,10 +121,12 @@ class CpuHeads:
             if model.name in self._sessions:
                 return
             try:
-                session = make_session(graphs.batched_head(onnx.load(str(model.path))), self._threads)
+                graph = graphs.batched_head(onnx.load(str(model.path)))
+                session = make_session(graph, self._threads)
             except Exception as err:  # noqa: BLE001 - onnx/ort raise many types for a bad file
                 raise ModelError(f"{model.path.name} cannot be loaded by onnxruntime ({err}); replace the file") from err
             self._sessions[model.name] = (session, session.get_inputs()[0].name)
+            self._graphs[model.name] = graph
 
     def score(self, model: ModelInfo, windows: np.ndarray) -> np.ndarray:
         if model.name not in self._sessions:
@@ -127,5 +135,49 @@ class CpuHeads:
         out = session.run(None, {input_name: np.ascontiguousarray(windows, dtype=np.float32)})[0]
         return out.reshape(len(windows), model.n_outputs)
 
+    def score_many(self, models: list[ModelInfo], windows: list[np.ndarray]) -> list[np.ndarray]:
+        """Each model's scores for its windows [B_i, window_i, 96], as `score` gives them."""
+        out: list[np.ndarray] = [np.empty(0)] * len(models)
+        for session, members, inputs in self._plan(models):
+            feeds = {name: np.ascontiguousarray(windows[i], dtype=np.float32) for i, name in zip(members, inputs)}
+            for i, scores in zip(members, session.run(None, feeds)):
+                out[i] = scores.reshape(len(windows[i]), models[i].n_outputs)
+        return out
+
+    def _plan(self, models: list[ModelInfo]) -> list:
+        """[(session, model indices, input names)]: one merged session per opset among `models`."""
+        key = tuple(m.name for m in models)
+        plan = self._merged.get(key)
+        if plan is not None:
+            return plan
+        for model in models:
+            self.load(model)
+        groups: dict[tuple, list[int]] = {}
+        for i, model in enumerate(models):
+            graph = self._graphs[model.name]
+            groups.setdefault(tuple((o.domain, o.version) for o in graph.opset_import), []).append(i)
+        plan = []
+        for members in groups.values():
+            if len(members) == 1:
+                session, input_name = self._sessions[models[members[0]].name]
+                plan.append((session, members, [input_name]))
+                continue
+            try:
+                merged = graphs.merged_heads([self._graphs[models[i].name] for i in members])
+                session = make_session(merged, self._threads)
+            except Exception as err:  # noqa: BLE001 - then one call per head, as before
+                _LOGGER.warning("Could not merge heads %s (%s); scoring them one by one",
+                                ", ".join(models[i].name for i in members), err)
+                plan += [(self._sessions[models[i].name][0], [i], [self._sessions[models[i].name][1]])
+                         for i in members]
+                continue
+            plan.append((session, members, [graph_input.name for graph_input in merged.graph.input]))
+        with self._lock:
+            while len(self._merged) >= self.MERGED_SESSIONS:
+                self._merged.pop(next(iter(self._merged)))
+            self._merged[key] = plan
+        return plan
+
     def close(self) -> None:
         self._sessions.clear()
+        self._merged.clear()

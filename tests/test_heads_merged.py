@@ -1,0 +1,63 @@
+"""All the heads of a round in one onnxruntime call: the very scores of one call per head."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wyoming_oww_rk3588.backends.cpu import CpuHeads
+from wyoming_oww_rk3588.heads import HeadRunner
+from wyoming_oww_rk3588.models.registry import ModelRegistry
+
+REGISTRY = ModelRegistry()
+BUILTIN = [REGISTRY.resolve(name) for name in REGISTRY.models]
+
+
+def _windows(models, batch: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # Embedding-like values: openWakeWord's embeddings lie within about +-80.
+    return [(rng.standard_normal((batch, m.window, 96)) * 20).astype(np.float32) for m in models]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+def test_every_builtin_head_scores_bit_for_bit_as_its_own_session(batch):
+    heads = CpuHeads()
+    windows = _windows(BUILTIN, batch, seed=batch)
+    merged = heads.score_many(BUILTIN, windows)
+    for model, window, scores in zip(BUILTIN, windows, merged):
+        assert scores.shape == (batch, model.n_outputs)
+        np.testing.assert_array_equal(scores, heads.score(model, window))
+
+
+def test_heads_of_different_opsets_go_in_one_call_per_opset():
+    heads = CpuHeads()
+    plan = heads._plan(BUILTIN)
+    opsets = {tuple((o.domain, o.version) for o in heads._graphs[m.name].opset_import) for m in BUILTIN}
+    assert len(plan) == len(opsets) < len(BUILTIN)  # the built-ins: opset 13, and hey_rhasspy's 14
+    assert sorted(i for _, members, _ in plan for i in members) == list(range(len(BUILTIN)))
+
+
+def test_any_subset_in_any_order_gives_the_same_scores_and_sessions_stay_bounded():
+    heads = CpuHeads()
+    rng = np.random.default_rng(1)
+    for _ in range(CpuHeads.MERGED_SESSIONS + 4):
+        models = [BUILTIN[i] for i in rng.permutation(len(BUILTIN))[: rng.integers(2, len(BUILTIN) + 1)]]
+        windows = _windows(models, 5, seed=int(rng.integers(1 << 30)))
+        for model, window, scores in zip(models, windows, heads.score_many(models, windows)):
+            np.testing.assert_array_equal(scores, heads.score(model, window))
+    assert len(heads._merged) <= CpuHeads.MERGED_SESSIONS
+
+
+def test_a_failing_merged_call_is_redone_head_by_head(caplog):
+    class Failing(CpuHeads):
+        def score_many(self, models, windows):
+            raise RuntimeError("merged session broke")
+
+    runner = HeadRunner([Failing()], cpu_factory=CpuHeads)
+    models = BUILTIN[:3]
+    windows = _windows(models, 4)
+    scores = runner.score_many(models, windows)
+    for model, window, got in zip(models, windows, scores):
+        np.testing.assert_array_equal(got, CpuHeads().score(model, window))
+    assert "scoring them one by one" in caplog.text
+
