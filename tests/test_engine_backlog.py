@@ -30,7 +30,7 @@ class RecordingEngine(Engine):
     def _detect_step(self, streams, scored, k, *args) -> None:
         super()._detect_step(streams, scored, k, *args)
         rows: dict[int, dict[str, float]] = {}
-        for info, listeners, scores in scored:
+        for info, listeners, scores, _ in scored:
             for j, (i, _) in enumerate(listeners):
                 rows.setdefault(i, {}).update(zip(info.labels, scores[j, k].tolist()))
         for i, stream in enumerate(streams):

@@ -145,14 +145,15 @@ class Engine:
         self.features.push(states, embeddings)
         for k in range(steps):
             self._detect_step(streams, scored, k, first_step, detections)
-        for info, listeners, scores in scored:  # each stream's latest scores, per label
+        for info, listeners, scores, _ in scored:  # each stream's latest scores, per label
             for (i, _), row in zip(listeners, scores[:, -1].tolist()):
                 streams[i].scores.update(zip(info.labels, row))
 
     def _scores(self, streams: list[StreamState], embeddings: np.ndarray) -> list:
         """Every model's scores for every step of its listeners, one call per model (one for
         all of them where the backend merges them): [(model, [(stream index, asked name)],
-        scores [listeners, steps, labels] float32, VAD-muted rows zeroed)]."""
+        scores [listeners, steps, labels] float32 with VAD-muted rows zeroed, and [listeners,
+        steps] whether any label reached its threshold)]."""
         members: dict[str, tuple[ModelInfo, list[tuple[int, str]]]] = {}
         for i, stream in enumerate(streams):
             for asked, info in stream.models:
@@ -180,23 +181,25 @@ class Engine:
             if muted:
                 scores = scores.copy()
                 scores[[j for j, (i, _) in enumerate(listeners) if i in muted]] = 0.0
-            out.append((info, listeners, scores))
+            # Compared as update() compares, Python floats (float64) against the thresholds.
+            thresholds = self._thresholds(info, [streams[i].detector for i, _ in listeners])
+            hot = (scores >= thresholds[:, None] if thresholds.ndim == 2 else scores >= thresholds).any(axis=2)
+            out.append((info, listeners, scores, hot))
         return out
 
     def _detect_step(self, streams: list[StreamState], scored: list, k: int, first_step: list[int],
                      detections: list) -> None:
         """Step `k`'s scores of every model through their listeners' detectors. Only a stream
         with a score at or over its threshold, or a label still counting, can change state:
-        one comparison per model finds them, and only they go through `update`."""
-        for info, listeners, scores in scored:
-            step = scores[:, k].astype(np.float64)  # compared as update() compares: Python floats
-            thresholds = self._thresholds(info, [streams[i].detector for i, _ in listeners])
-            hot = set(np.flatnonzero((step >= thresholds).any(axis=1)).tolist())
-            hot.update(j for j, (i, _) in enumerate(listeners) if streams[i].labels)
-            for j in sorted(hot):
+        `_scores` found the first kind for every step in one comparison per model, and only
+        they go through `update`."""
+        for info, listeners, scores, hot in scored:
+            rows = set(np.flatnonzero(hot[:, k]).tolist()) if hot[:, k].any() else set()
+            rows.update(j for j, (i, _) in enumerate(listeners) if streams[i].labels)
+            for j in sorted(rows):
                 i, asked = listeners[j]
                 stream = streams[i]
-                for label, score in zip(info.labels, step[j].tolist()):
+                for label, score in zip(info.labels, scores[j, k].tolist()):
                     found = update(stream.detector, stream.labels, info.name, asked, label, score, first_step[i] + k)
                     if found is not None:
                         detections.append((stream, found))

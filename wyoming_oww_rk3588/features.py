@@ -254,8 +254,15 @@ class FeaturePipeline:
         slots = _slots(states)
         contexts, gathered = self.pool.gather(slots)
         if steps > 1 and self.multi_step:
-            # All K steps' audio as one mel batch (each step clipped on its own), one model call.
-            mel = np.concatenate([self.mel_steps(states, frames[:, 0], contexts), self._later_mel(frames)], axis=1)
+            # All K steps' audio as one mel batch (each step clipped on its own), one model call;
+            # a stream on its first step has no context, and its first step goes on its own.
+            if self.pool.steps[slots].all():
+                tails = np.concatenate([contexts[:, None], frames[:, :-1, -MEL_CONTEXT_SAMPLES:]], axis=1)
+                audio = np.concatenate([tails, frames], axis=2).reshape(len(states) * steps, -1)
+                mel = scale_mel(self._run("melspectrogram", audio.astype(np.float32)))
+                mel = mel.reshape(len(states), steps * MEL_FRAMES_PER_STEP, MEL_BINS)
+            else:
+                mel = np.concatenate([self.mel_steps(states, frames[:, 0], contexts), self._later_mel(frames)], axis=1)
             embeddings, gathered = self._run("embed_steps", mel, gathered)
         else:
             out = []

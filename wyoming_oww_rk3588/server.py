@@ -224,7 +224,7 @@ def run(settings: Settings) -> int:
     gc.freeze()
     try:
         # Reads need not come more often than half a batch window: the engine waits for the window.
-        with asyncio.Runner(loop_factory=partial(paced_loop, settings.batch_window_ms / 2000)) as runner:
+        with asyncio.Runner(loop_factory=partial(paced_loop, settings.batch_window_ms / 1000)) as runner:
             runner.run(serve(settings, engine, models))
     except OSError as err:
         _LOGGER.error("Cannot serve on %s: %s", settings.uri, err)
