@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 import numpy as np
 import pytest
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
-from wyoming.event import Event
+from wyoming.event import Event, async_read_event
 from wyoming.wake import Detect, Detection
 
 from reference import load_wav, padded
@@ -384,6 +384,29 @@ def test_signals_stop_the_server_within_2_s_even_with_clients_connected(sig):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_hundreds_of_satellites_connecting_at_once_all_get_answers():
+    """After a restart every satellite reconnects at once, while the loop sleeps out its tick
+    (a 1 s window here): the kernel must hold them all until the loop accepts them."""
+    proc, port = _start_subprocess("--batch-window-ms", "1000")
+    try:
+        async def describe() -> str:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(header("describe"))
+            await writer.drain()
+            event = await async_read_event(reader)
+            writer.close()
+            return event.type
+
+        async def everyone():
+            return await asyncio.wait_for(asyncio.gather(*(describe() for _ in range(600)), return_exceptions=True), 60)
+
+        answers = run(everyone())
+        assert [a for a in answers if a != "info"] == []
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def test_zeroconf_announces_the_port_to_a_real_browser_and_unregisters_on_exit():

@@ -16,6 +16,7 @@ from .features import SAMPLE_RATE
 MIN_RATE = 8_000
 MAX_RATE = 384_000
 MAX_CHANNELS = 32
+_NATIVE = (SAMPLE_RATE, 2, 1)
 
 
 class AudioFormatError(ValueError):
@@ -42,6 +43,9 @@ class StreamConverter:
 
     def convert(self, fmt: tuple[int, int, int], payload: bytes) -> np.ndarray:
         """int16 samples at 16 kHz mono; `payload` is a whole number of frames of `fmt`."""
+        if fmt == _NATIVE:  # what satellites send: wyoming's converter would hand the bytes back as they are
+            self._format = fmt
+            return np.frombuffer(payload, np.int16)
         if fmt != self._format:
             self._format = fmt
             self._converter = AudioChunkConverter(rate=SAMPLE_RATE, width=2, channels=1)

@@ -169,7 +169,7 @@ class Engine:
             # The windows that end at each new step, in one gather: [B' * steps, window, 96].
             index = _window_index(extended.shape[1], steps, info.window)
             infos.append(info)
-            windows.append(part[:, index].reshape(-1, info.window, extended.shape[2]))
+            windows.append(np.take(part, index, axis=1).reshape(-1, info.window, extended.shape[2]))
         out = []
         muted = [i for i, s in enumerate(streams) if s.vad is not None and s.vad.muted]
         for info, (_, listeners), model_windows, scores in zip(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import socket
 from functools import partial
@@ -182,6 +183,7 @@ async def serve(settings: Settings, engine: Engine, models: dict[str, ModelInfo]
         stdio_task.add_done_callback(lambda _: stop.set())
     else:
         await server.start(factory)
+        _widen_backlog(server)
     _LOGGER.info("Serving on %s", settings.uri)
     announcer = None
     if settings.zeroconf:
@@ -201,6 +203,19 @@ async def serve(settings: Settings, engine: Engine, models: dict[str, ModelInfo]
         await asyncio.wait_for(_shutdown(server, announcer, runner, stdio_task), STOP_TIMEOUT_S)
     except asyncio.TimeoutError:
         _LOGGER.warning("Shutdown took longer than %.1f s; exiting anyway", STOP_TIMEOUT_S)
+
+
+#: Connections the kernel holds until the loop accepts them. asyncio's default, 100, is too
+#: few when hundreds of satellites reconnect at once (after a restart) while the loop sleeps
+#: out a tick: the kernel then drops or resets the rest.
+LISTEN_BACKLOG = 1024
+
+
+def _widen_backlog(server: AsyncServer) -> None:
+    listening = getattr(getattr(server, "_server", None), "sockets", None) or ()  # wyoming's asyncio server
+    for sock in listening:
+        with socket.socket(fileno=os.dup(sock.fileno())) as again:
+            again.listen(LISTEN_BACKLOG)  # listen() on a listening socket only changes its backlog
 
 
 async def _shutdown(server, announcer, runner, stdio_task) -> None:
