@@ -163,13 +163,17 @@ class Engine:
         extended = np.concatenate([history, embeddings], axis=1)  # [B, H + steps, 96]
         everyone = list(range(len(streams)))
         infos, windows = [], []
+        gathered: dict[tuple, np.ndarray] = {}  # models of one window length share their windows
         for info, listeners in members.values():
             rows = [i for i, _ in listeners]
-            part = extended if rows == everyone else extended[rows]
-            # The windows that end at each new step, in one gather: [B' * steps, window, 96].
-            index = _window_index(extended.shape[1], steps, info.window)
+            key = (info.window, None if rows == everyone else tuple(rows))
+            if key not in gathered:
+                part = extended if key[1] is None else extended[rows]
+                # The windows that end at each new step, in one gather: [B' * steps, window, 96].
+                index = _window_index(extended.shape[1], steps, info.window)
+                gathered[key] = np.take(part, index, axis=1).reshape(-1, info.window, extended.shape[2])
             infos.append(info)
-            windows.append(np.take(part, index, axis=1).reshape(-1, info.window, extended.shape[2]))
+            windows.append(gathered[key])
         out = []
         muted = [i for i, s in enumerate(streams) if s.vad is not None and s.vad.muted]
         for info, (_, listeners), model_windows, scores in zip(

@@ -13,7 +13,7 @@ import logging
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
-from wyoming.event import Event, async_read_event
+from wyoming.event import Event
 from wyoming.info import Describe
 from wyoming.server import AsyncEventHandler
 from wyoming.wake import Detect, Detection, NotDetected
@@ -52,7 +52,7 @@ class WakeWordHandler(AsyncEventHandler):
         try:
             while True:
                 try:
-                    event = await async_read_event(self._guarded)
+                    event = await self._guarded.read_event()
                 except Exception as err:  # noqa: BLE001 - malformed data from the peer
                     _LOGGER.warning("Dropping client %s: unreadable event (%s)", self.peer, err)
                     break
