@@ -122,3 +122,29 @@ def test_streaming_embedding_is_openwakewords_windowed_embedding_bit_for_bit(ste
     count = min(len(ours), len(theirs))
     assert count > 20
     assert np.array_equal(ours[:count], theirs[:count])
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_batched_mel_is_openwakewords_own_call_bit_for_bit_row_by_row(batch):
+    """The batched mel (per-row clip, only the STFT bins the filterbank weighs) against
+    openWakeWord's own shipped graph called on each 80 ms step alone, on every kind of signal."""
+    import onnx
+    from reference import signal_kinds
+
+    from wyoming_oww_rk3588 import graphs
+    from wyoming_oww_rk3588.backends.cpu import make_session
+    from wyoming_oww_rk3588.models.registry import builtin_feature_path
+
+    shipped = onnx.load(str(builtin_feature_path("melspectrogram")))
+    assert sum(n.op_type == "Conv" for n in shipped.graph.node) == 2
+    batched_graph = graphs.batched_mel(shipped)
+    kept = [i for i in batched_graph.graph.initializer if i.name == "1.melW"][0].dims[0]
+    assert kept < 257  # the unweighted bins are gone
+    theirs, ours = make_session(shipped), make_session(batched_graph)
+    rows = np.array([audio[start : start + 1760] for kind in signal_kinds().values() for audio in kind.values()
+                     for start in range(0, len(audio) - 1760, 1280 * 5)], np.float32)
+    for i in range(0, len(rows) - batch + 1, batch):
+        got = ours.run(None, {"input": rows[i : i + batch]})[0][:, 0]
+        for j in range(batch):
+            want = theirs.run(None, {"input": rows[i + j : i + j + 1]})[0][0, 0]
+            assert np.array_equal(got[j], want), f"row {i + j}"
