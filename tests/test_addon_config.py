@@ -33,7 +33,7 @@ FLAG_OF = {
     "threshold": "threshold", "trigger_level": "trigger_level", "refractory_seconds": "refractory_seconds",
     "features_backend": "features_backend", "heads_backend": "heads_backend", "npu_core_mask": "npu_core_mask",
     "vad_threshold": "vad_threshold", "noise_suppression": "noise_suppression",
-    "custom_verifier_threshold": "custom_verifier_threshold",
+    "custom_verifier_threshold": "custom_verifier_threshold", "batch_window_ms": "batch_window_ms",
 }
 
 

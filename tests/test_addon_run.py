@@ -94,6 +94,7 @@ def test_run_script_flags_parse_with_the_servers_parser_and_mean_the_options(tmp
     assert settings.features_backend == merged["features_backend"]
     assert settings.heads_backend == merged["heads_backend"]
     assert settings.npu_core_mask == merged["npu_core_mask"]
+    assert settings.batch_window_ms == merged["batch_window_ms"]
     assert settings.vad_threshold == pytest.approx(merged["vad_threshold"])
     assert settings.noise_suppression is merged["noise_suppression"]
     assert settings.custom_verifier_threshold == pytest.approx(merged["custom_verifier_threshold"])

@@ -455,6 +455,9 @@ def test_zeroconf_announces_the_port_to_a_real_browser_and_unregisters_on_exit()
         (["--features-backend", "cuda"], "invalid choice"),
         (["--uri", "http://x"], "tcp://"),
         (["--refractory-seconds", "soon"], "number of seconds"),
+        (["--batch-window-ms", "-1"], "outside 0-1000 ms"),
+        (["--batch-window-ms", "2000"], "outside 0-1000 ms"),
+        (["--batch-window-ms", "0.5"], "whole number of milliseconds"),
     ],
 )
 def test_bad_options_fail_at_start_with_one_clear_line(args, needle):

@@ -15,7 +15,7 @@ from .verifier import DEFAULT_VERIFIER_THRESHOLD
 DEFAULT_URI = "tcp://0.0.0.0:10400"
 DEFAULT_ZEROCONF_NAME = "openWakeWord-rk3588"
 NPU_CORE_MASKS = ("auto", "0", "1", "2", "0_1", "0_1_2")
-DEFAULT_BATCH_WINDOW_MS = 240  # scheduler.DEFAULT_BATCH_WINDOW_S (a test keeps them equal)
+DEFAULT_BATCH_WINDOW_MS = 320  # scheduler.DEFAULT_BATCH_WINDOW_S (a test keeps them equal)
 MAX_BATCH_WINDOW_MS = 1000
 
 

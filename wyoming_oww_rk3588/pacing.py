@@ -3,9 +3,10 @@
 Each satellite sends a chunk every 64 ms; at other phases, 8 satellites wake a plain loop
 125 times a second, and a wake-up (system calls, a cache gone cold on a shared machine)
 costs more than reading the chunk. Waking at most once a tick reads several chunks per wake;
-the engine scores them once a batch window anyway (scheduler.py), so a tick of half that
-window adds no latency that the window does not. Ready callbacks and timers never wait, nor
-does a loop waiting for an engine batch: a loop with work goes on at once.
+the engine scores them once a batch window anyway (scheduler.py), so the server's tick is that
+window and adds no latency that the window does not. Ready callbacks and timers (the engine's
+window among them) never wait, nor does a loop waiting for an engine batch: a loop with work
+goes on at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import selectors
 import time
 
-#: Default tick: half the default batch window (scheduler.DEFAULT_BATCH_WINDOW_S).
+#: Tick of a loop made without one; the server passes its batch window.
 TICK_S = 0.02
 #: Engine batches running in worker threads: while any is, the loop never waits, so it starts
 #: the next batch as soon as one ends (a late start would cost the engine its time).

@@ -58,9 +58,10 @@ MIN_STREAMS_PER_WORKER = 16
 #: Least time from one batch's start to the next while no stream is behind. Every stream's
 #: frames that complete within one window are scored in one batch: one call per model for all
 #: the satellites and all their frames, and one wake-up of a cold CPU instead of one per frame
-#: (the weights of the 7 models, ~9 MB, are reread from memory at each). That is what costs a
-#: home's 1-8 satellites their CPU. Adds at most this much to the detection time.
-DEFAULT_BATCH_WINDOW_S = 0.24
+#: (the ~8 MB of weights of the 7 models are reread from memory at each). That is most of
+#: what 1-8 satellites cost. It adds at most this much to the detection time (p50 ~0.2 s at
+#: 1-8 satellites; benchmarks/bench_streams.py) and can be set with --batch-window-ms.
+DEFAULT_BATCH_WINDOW_S = 0.32
 #: A batch of at most this many frames runs on the event loop itself (a few ms): the hand-off to
 #: a thread and back costs more than it. Bigger ones go to the executor so reads go on meanwhile.
 INLINE_FRAMES = 32

@@ -238,7 +238,7 @@ def run(settings: Settings) -> int:
     gc.collect()
     gc.freeze()
     try:
-        # Reads need not come more often than half a batch window: the engine waits for the window.
+        # Reads need not come more often than once a batch window: the engine waits for it anyway.
         with asyncio.Runner(loop_factory=partial(paced_loop, settings.batch_window_ms / 1000)) as runner:
             runner.run(serve(settings, engine, models))
     except OSError as err:
