@@ -94,7 +94,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start(cmd: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=None if os.environ.get('BENCH_STDERR') else subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -285,7 +285,7 @@ def main() -> None:
         ours_cmd = [sys.executable, str(ROOT / "benchmarks" / "null_server.py")]
         label = "ours, no-arithmetic backends"
     else:
-        ours_cmd = [sys.executable, *os.environ.get("BENCH_OURS", "-m wyoming_oww_rk3588").split(), "--features-backend", "cpu", "--heads-backend", "cpu"]
+        ours_cmd = [sys.executable, "-m", "wyoming_oww_rk3588", "--features-backend", "cpu", "--heads-backend", "cpu"]
         label = "wyoming-oww-rk3588 (7 models)"
     ours = start([*ours_cmd, "--uri", f"tcp://127.0.0.1:{port}", *args.server_args.split()], port)
     servers.append((label, ours, port, max(args.streams), not args.null_backends))
