@@ -81,7 +81,7 @@ class EngineRunner:
         self._handles: dict[int, StreamHandle] = {}
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()  # a frame is ready, or a drain waits
-        self._hurry = asyncio.Event()  # a stream is behind or a drain waits: no batch period
+        self._hurry = asyncio.Event()  # a stream is behind or a drain waits: no window
         self._task: asyncio.Task | None = None
         self._last_batch = float("-inf")  # loop time at which the last batch started
         self.batches = 0  # batches run, for tests and logs
@@ -137,7 +137,7 @@ class EngineRunner:
         future = asyncio.get_running_loop().create_future()
         handle.drained.append(future)
         self._wake.set()
-        self._hurry.set()  # the client waits for the answer (audio-stop): no batch period
+        self._hurry.set()  # the client waits for the answer (audio-stop): no window
         await future
 
     @staticmethod
