@@ -92,3 +92,36 @@ def test_a_client_faster_than_real_time_is_never_held_by_the_period():
 
     assert asyncio.run(go()) == len(clip) // 1280
     assert [d.label for d in found] == ["alexa"]
+
+
+def test_one_satellites_frames_within_a_window_are_scored_in_one_engine_round():
+    """The window's point at one satellite: its frames wait, then go through the features and
+    every model in one round (one cold start for several frames), with the same detections."""
+    runner, models = _runner_with_period(600.0)
+    calls = []
+    advance = runner.engine.features.advance
+
+    def counting(states, frames):
+        calls.append(frames.shape[1])
+        return advance(states, frames)
+
+    runner.engine.features.advance = counting
+    frame = np.zeros(1280, np.int16)
+
+    async def go():
+        runner.start()
+        handle = runner.open(models, lambda d: None, lambda m: None)
+        runner.feed(handle, frame)  # the first batch starts at once
+        for _ in range(5):
+            await asyncio.sleep(0)
+        for _ in range(runner.behind_frames - 1):  # fewer than "behind": they wait for the window
+            runner.feed(handle, frame)
+            await asyncio.sleep(0)
+        waiting = handle.stream.features.steps
+        await asyncio.wait_for(runner.drain(handle), 60)  # a client waiting on audio-stop ends the wait
+        await runner.stop()
+        return waiting, handle.stream.features.steps
+
+    assert asyncio.run(go()) == (1, runner.behind_frames)
+    assert calls == [1, runner.behind_frames - 1]
+    assert runner.batches == 2
