@@ -198,7 +198,7 @@ class Engine:
         `_scores` found the first kind for every step in one comparison per model, and only
         they go through `update`."""
         for info, listeners, scores, hot in scored:
-            rows = set(np.flatnonzero(hot[:, k]).tolist()) if hot[:, k].any() else set()
+            rows = set(np.flatnonzero(hot[:, k]).tolist())
             rows.update(j for j, (i, _) in enumerate(listeners) if streams[i].labels)
             for j in sorted(rows):
                 i, asked = listeners[j]

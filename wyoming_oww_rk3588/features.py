@@ -248,8 +248,8 @@ class FeaturePipeline:
     def advance(self, states: list[FeatureState], frames: np.ndarray) -> np.ndarray:
         """Run K consecutive frames [B, K, 1280] of every stream through the models; returns
         embeddings [B, K, 96]. Moves the conv states and audio context on; the embedding
-        history and step count move with `push`, one step at a time, so the heads can score
-        each step in order."""
+        history and step count move with `push`, after the heads have scored the windows that
+        end at each of the K steps (from `histories` and these embeddings)."""
         steps = frames.shape[1]
         slots = _slots(states)
         contexts, gathered = self.pool.gather(slots)
@@ -257,12 +257,10 @@ class FeaturePipeline:
             # All K steps' audio as one mel batch (each step clipped on its own), one model call;
             # a stream on its first step has no context, and its first step goes on its own.
             if self.pool.steps[slots].all():
-                tails = np.concatenate([contexts[:, None], frames[:, :-1, -MEL_CONTEXT_SAMPLES:]], axis=1)
-                audio = np.concatenate([tails, frames], axis=2).reshape(len(states) * steps, -1)
-                mel = scale_mel(self._run("melspectrogram", audio.astype(np.float32)))
-                mel = mel.reshape(len(states), steps * MEL_FRAMES_PER_STEP, MEL_BINS)
+                mel = self._mel_of_steps(frames, contexts)
             else:
-                mel = np.concatenate([self.mel_steps(states, frames[:, 0], contexts), self._later_mel(frames)], axis=1)
+                later = self._mel_of_steps(frames[:, 1:], frames[:, 0, -MEL_CONTEXT_SAMPLES:])
+                mel = np.concatenate([self.mel_steps(states, frames[:, 0], contexts), later], axis=1)
             embeddings, gathered = self._run("embed_steps", mel, gathered)
         else:
             out = []
@@ -274,20 +272,23 @@ class FeaturePipeline:
                     audio = np.concatenate([context, frames[:, k]], axis=1).astype(np.float32)
                     embedding, gathered = self._run("features_step", audio, gathered)
                 else:
-                    mel = self.mel_steps(states, frames[:, 0], context) if k == 0 else self._later_mel(frames[:, k - 1 : k + 1])
+                    mel = (self.mel_steps(states, frames[:, 0], context) if k == 0
+                           else self._mel_of_steps(frames[:, k : k + 1], context))
                     embedding, gathered = self._run("embed_step", mel, gathered)
                 out.append(embedding)
             embeddings = np.stack(out, axis=1)
         self.pool.scatter(slots, frames[:, -1, -MEL_CONTEXT_SAMPLES:], gathered)
         return embeddings
 
-    def _later_mel(self, frames: np.ndarray) -> np.ndarray:
-        """Scaled mel [B, 8(K-1), 32] of steps 1..K-1 of frames [B, K, 1280], in one call:
-        each step's context is the previous frame's tail, and each row is clipped on its own."""
+    def _mel_of_steps(self, frames: np.ndarray, contexts: np.ndarray) -> np.ndarray:
+        """Scaled mel [B, 8K, 32] of K consecutive frames [B, K, 1280] whose first follows
+        `contexts` [B, 480], in one call: each step's context is the previous frame's tail, and
+        each row is clipped on its own."""
         batch, steps = frames.shape[:2]
-        audio = np.concatenate([frames[:, :-1, -MEL_CONTEXT_SAMPLES:], frames[:, 1:]], axis=2)
-        mel = self._run("melspectrogram", audio.reshape(batch * (steps - 1), -1).astype(np.float32))
-        return scale_mel(mel).reshape(batch, (steps - 1) * MEL_FRAMES_PER_STEP, MEL_BINS)
+        tails = np.concatenate([contexts[:, None], frames[:, :-1, -MEL_CONTEXT_SAMPLES:]], axis=1)
+        audio = np.concatenate([tails, frames], axis=2).reshape(batch * steps, -1)
+        mel = self._run("melspectrogram", audio.astype(np.float32))
+        return scale_mel(mel).reshape(batch, steps * MEL_FRAMES_PER_STEP, MEL_BINS)
 
     def push(self, states: list[FeatureState], embeddings: np.ndarray) -> None:
         """Append K steps' embeddings [B, K, 96] (or one step's, [B, 96]) to the streams' histories."""

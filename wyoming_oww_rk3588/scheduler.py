@@ -75,7 +75,7 @@ class EngineRunner:
         self.engine = engine
         self.workers = max(1, workers)
         self.batch_window_s = batch_window_s
-        # More frames waiting than a window brings (+1 for a chunk's worth) means behind: no waiting.
+        # More frames waiting than a window brings (+2: a chunk's worth and a partial frame) means behind.
         self.behind_frames = min(math.ceil(batch_window_s * SAMPLE_RATE / FRAME_SAMPLES) + 2, MAX_STEPS_PER_ROUND)
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="engine")
         self._handles: dict[int, StreamHandle] = {}
