@@ -1,17 +1,21 @@
-"""Many satellites at once, over real TCP: this server vs wyoming-openwakeword 1.8.2, same load, same run.
+"""Many satellites at once, over real TCP: this server vs wyoming-openwakeword 2.1.0 and 1.8.2,
+same load, same run.
 
-Each load level is N connections opened at once, each sending `detect` with no names (every
-model of the server listens), then 16 kHz int16 audio paced in real time in 64 ms chunks
-(wyoming-satellite's size) for 20 s: a 4 s loop with the alexa clip at 1.5 s. Streams run at
-spread phases: stream i starts its loop i/N of the way round (in whole 80 ms frames) and sends
-i/N of a chunk period after stream 0, so phrases and chunks do not all arrive at one instant.
+Each load level is N connections opened at once, each sending `detect` with the five models
+every server has (alexa, hey_jarvis, hey_mycroft, hey_rhasspy, okay_nabu), then 16 kHz int16
+audio paced in real time in Home Assistant's 10 ms chunks (`--chunk-ms`; each its own
+`audio-chunk` event with a timestamp, as the assist pipeline sends them) for 20 s: a 4 s loop
+with the alexa clip at 1.5 s. Streams run at spread phases: stream i starts its loop i/N of the
+way round (in whole 80 ms frames) and sends i/N of a chunk period after stream 0, so phrases and
+chunks do not all arrive at one instant.
 
 A level is held in real time only when all four hold (issue 13):
   missed 0        every phrase got a detection ("alexa") before the stream ended (phrases that
                   start 2 s or more into their stream: the peer cannot score earlier)
-  p99 <= 1.5 s    latency from sending the chunk that completes the firing frame (the 80 ms
-                  frame at which openWakeWord's score first reaches 0.5, found offline) to
-                  receiving the detection
+  p99 <= 1.5 s    latency: the server's own part, from sending the chunk that completes the
+                  firing frame (the 80 ms frame at which openWakeWord's score first reaches
+                  0.5, found offline) to receiving the detection; where the phrase ends
+                  does not enter it
   drift <= 250 ms median latency of the last third of the phrases (in sending order) minus
                   that of the first third: a server that falls behind grows it
   lag <= 250 ms   how late a chunk went out: client-side delay past its schedule plus the time
@@ -19,13 +23,15 @@ A level is held in real time only when all four hold (issue 13):
                   server that stops reading its sockets grows it
 The client's own CPU share (cores) is printed beside: it shares the machine with the server.
 
-Run: python benchmarks/bench_streams.py [--streams 1 8 32 100 200 400] [--peer .venv-peer/bin/python]
-     python benchmarks/bench_streams.py --null-backends --streams 1 8 --peer /none
+Run: python benchmarks/bench_streams.py [--streams 1 8 32 100 256] [--chunk-ms 10]
+     python benchmarks/bench_streams.py --null-backends --streams 1 8 --peer /none --peer21 /none
      (--null-backends: our server with features and heads that do no arithmetic, so the CPU
      left is the per-frame overhead outside inference: what a board with GPU and NPU pays)
-The peer needs its own venv: python3 -m venv .venv-peer && .venv-peer/bin/pip install
-wyoming-openwakeword==1.8.2 "numpy<2". It listens with its 5 models (all preloaded: it never
-fires on a model it has not loaded), and fires on every frame over the threshold.
+The peers each need a venv of their own (a peer whose python is missing is skipped):
+  --peer   (.venv-peer)   wyoming-openwakeword 1.8.2 from PyPI with "numpy<2"; its 5 models
+           preloaded (it never fires on a model it has not loaded)
+  --peer21 (.venv-peer21) wyoming-openwakeword 2.1.0, what Home Assistant's add-on runs (not
+           on PyPI: its source release, with pyopen-wakeword 1.1.0)
 """
 
 from __future__ import annotations
@@ -52,14 +58,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 from reference import load_wav  # noqa: E402
 
 RATE = 16000
-CHUNK = 1024  # samples: 64 ms
-CHUNK_S = CHUNK / RATE
 FRAME = 1280  # samples: openWakeWord's 80 ms step
 LOOP_S, PHRASE_AT_S = 4.0, 1.5
 P99_LIMIT_S, DRIFT_LIMIT_S, LAG_LIMIT_S = 1.5, 0.25, 0.25
 WARMUP_S = 2.0  # a phrase counts when it starts this far into its stream
 SEND_BUFFER = 8192  # bytes: the kernel holds ~0.25 s of one stream, so a server that stops reading shows as lag
-PEER_MODELS = ["alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "ok_nabu"]
+MODELS = ["alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "okay_nabu"]
+PEER_MODELS = ["alexa", "hey_jarvis", "hey_mycroft", "hey_rhasspy", "ok_nabu"]  # 1.8.2's names
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -129,14 +134,16 @@ class Stream:
 class Load:
     """Audio and schedules for N streams at spread phases."""
 
-    def __init__(self, level_s: float) -> None:
+    def __init__(self, level_s: float, chunk_ms: float) -> None:
+        self.chunk = int(RATE * chunk_ms / 1000)  # samples
+        self.chunk_s = self.chunk / RATE
         loop = np.zeros(int(LOOP_S * RATE), np.int16)
         clip = load_wav("alexa_test.wav")
         self.phrase_at = int(PHRASE_AT_S * RATE)
         loop[self.phrase_at : self.phrase_at + len(clip)] = clip
         self.loop = loop
         self.fire = firing_offset(loop)
-        self.samples = int(level_s / CHUNK_S) * CHUNK
+        self.samples = int(level_s / self.chunk_s) * self.chunk
         self._phases: dict[int, tuple[list[bytes], list[int]]] = {}
 
     def phase(self, start: int) -> tuple[list[bytes], list[int]]:
@@ -146,9 +153,10 @@ class Load:
         if start not in self._phases:
             loops = (start + self.samples) // len(self.loop) + 1
             audio = np.tile(self.loop, loops)[start : start + self.samples]
-            chunks = [wire_bytes(AudioChunk(rate=RATE, width=2, channels=1, audio=audio[i : i + CHUNK].tobytes()).event())
-                      for i in range(0, len(audio), CHUNK)]
-            firing = [(k * len(self.loop) + self.fire - start) // CHUNK for k in range(loops)
+            chunks = [wire_bytes(AudioChunk(rate=RATE, width=2, channels=1, audio=audio[i : i + self.chunk].tobytes(),
+                                             timestamp=i * 1000 // RATE).event())
+                      for i in range(0, len(audio), self.chunk)]
+            firing = [(k * len(self.loop) + self.fire - start) // self.chunk for k in range(loops)
                       if k * len(self.loop) + self.phrase_at - start >= WARMUP_S * RATE
                       and k * len(self.loop) + self.fire - start < self.samples]
             self._phases[start] = (chunks, firing)
@@ -158,13 +166,13 @@ class Load:
         frames = len(self.loop) // FRAME  # phases in whole frames keep each phrase's frame alignment
         out = []
         for i in range(n):
-            out.append(Stream(*self.phase((i * frames // n) * FRAME), offset_s=i * CHUNK_S / n))
+            out.append(Stream(*self.phase((i * frames // n) * FRAME), offset_s=i * self.chunk_s / n))
         return out
 
 
-async def run_level(port: int, streams: list[Stream], loop_s: float) -> None:
+async def run_level(port: int, streams: list[Stream], loop_s: float, chunk_s: float, names: list[str]) -> None:
     opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in streams))
-    hello = wire_bytes(Detect().event()) + wire_bytes(AudioStart(rate=RATE, width=2, channels=1).event())
+    hello = wire_bytes(Detect(names=names).event()) + wire_bytes(AudioStart(rate=RATE, width=2, channels=1).event())
     stop = wire_bytes(AudioStop().event()) + wire_bytes(Describe().event())
     readers = []
     for stream, (reader, writer) in zip(streams, opened):
@@ -172,13 +180,13 @@ async def run_level(port: int, streams: list[Stream], loop_s: float) -> None:
         writer.write(hello)
         stream.writer = writer
         readers.append(asyncio.create_task(read_detections(reader, stream)))
-    bytes_per_s = len(streams[0].chunks[0]) / CHUNK_S
+    bytes_per_s = len(streams[0].chunks[0]) / chunk_s
     t0 = time.monotonic() + 0.2
     # One pacer for every stream (a sleeping task per stream costs the client more CPU);
     # writes never wait: bytes the kernel does not take stay queued and count as lag.
     for n in range(len(streams[0].chunks)):
         for stream in streams:
-            due = t0 + n * CHUNK_S + stream.offset_s
+            due = t0 + n * chunk_s + stream.offset_s
             now = time.monotonic()
             if due - now > 0.002:
                 await asyncio.sleep(due - now)
@@ -236,10 +244,10 @@ def settle(proc: subprocess.Popen, limit_s: float = 120.0) -> None:
         last = now
 
 
-def measure(proc: subprocess.Popen, port: int, n: int, load: Load, judge: bool = True) -> dict:
+def measure(proc: subprocess.Popen, port: int, n: int, load: Load, names: list[str], judge: bool = True) -> dict:
     streams = load.streams(n)
     before, client_before, wall = cpu_seconds(proc.pid), time.process_time(), time.monotonic()
-    asyncio.run(run_level(port, streams, load.samples / RATE))
+    asyncio.run(run_level(port, streams, load.samples / RATE, load.chunk_s, names))
     used = cpu_seconds(proc.pid) - before
     client = (time.process_time() - client_before) / (time.monotonic() - wall)
     found, missed = [], 0
@@ -268,17 +276,21 @@ def measure(proc: subprocess.Popen, port: int, n: int, load: Load, judge: bool =
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 100, 200, 320, 400])
+    parser.add_argument("--streams", type=int, nargs="+", default=[1, 8, 32, 100, 256])
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream per level")
+    parser.add_argument("--chunk-ms", type=float, default=10.0,
+                        help="audio per audio-chunk event: 10 is Home Assistant's, 64 wyoming-satellite's")
     parser.add_argument("--peer", default=str(ROOT / ".venv-peer" / "bin" / "python"),
                         help="python of a venv with wyoming-openwakeword 1.8.2 (skipped if missing)")
-    parser.add_argument("--peer-max", type=int, default=100, help="largest N to run the peer at")
+    parser.add_argument("--peer21", default=str(ROOT / ".venv-peer21" / "bin" / "python"),
+                        help="python of a venv with wyoming-openwakeword 2.1.0 (skipped if missing)")
+    parser.add_argument("--peer-max", type=int, default=100, help="largest N to run the peers at")
     parser.add_argument("--null-backends", action="store_true",
                         help="our server with backends that do no arithmetic (benchmarks/null_server.py)")
     parser.add_argument("--server-args", default="", help="extra flags for our server, e.g. '--threads 2'")
     args = parser.parse_args()
 
-    load = Load(args.seconds)
+    load = Load(args.seconds, args.chunk_ms)
     servers = []
     port = free_port()
     if args.null_backends:
@@ -286,35 +298,40 @@ def main() -> None:
         label = "ours, no-arithmetic backends"
     else:
         ours_cmd = [sys.executable, "-m", "wyoming_oww_rk3588", "--features-backend", "cpu", "--heads-backend", "cpu"]
-        label = "wyoming-oww-rk3588 (7 models)"
+        label = "wyoming-oww-rk3588"
+    if args.server_args:
+        label += " " + args.server_args
     ours = start([*ours_cmd, "--uri", f"tcp://127.0.0.1:{port}", *args.server_args.split()], port)
-    servers.append((label, ours, port, max(args.streams), not args.null_backends))
-    if Path(args.peer).exists():
-        peer_port = free_port()
-        preload = [flag for name in PEER_MODELS for flag in ("--preload-model", name)]
-        peer = start([args.peer, "-m", "wyoming_openwakeword", "--uri", f"tcp://127.0.0.1:{peer_port}", *preload],
-                     peer_port)
-        servers.append(("wyoming-openwakeword 1.8.2 (5 models)", peer, peer_port, args.peer_max, True))
-    else:
-        print(f"# peer skipped: {args.peer} not found (see this script's docstring)")
+    servers.append((label, ours, port, max(args.streams), not args.null_backends, MODELS))
+    for python, version, extra, names in (
+            (args.peer21, "2.1.0", [], MODELS),
+            (args.peer, "1.8.2", [f for name in PEER_MODELS for f in ("--preload-model", name)], PEER_MODELS)):
+        if Path(python).exists():
+            peer_port = free_port()
+            peer = start([python, "-m", "wyoming_openwakeword", "--uri", f"tcp://127.0.0.1:{peer_port}", *extra],
+                         peer_port)
+            servers.append((f"wyoming-openwakeword {version}", peer, peer_port, args.peer_max, True, names))
+        else:
+            print(f"# wyoming-openwakeword {version} skipped: {python} not found (see this script's docstring)")
 
     print(f"# {os.cpu_count()} cores; {load.samples / RATE:.1f} s per stream: {LOOP_S:.0f} s loop, alexa at "
-          f"{PHRASE_AT_S} s, fires {load.fire / RATE - PHRASE_AT_S:.2f} s after its start; 64 ms chunks, real time, "
-          f"spread phases; detect with no names; client in this process, on the same cores")
+          f"{PHRASE_AT_S} s, fires {load.fire / RATE - PHRASE_AT_S:.2f} s after its start; {args.chunk_ms:g} ms chunks, "
+          f"real time, spread phases; detect {', '.join(MODELS)}; client in this process, on the same cores")
     print(f"# held = missed 0, p99 <= {P99_LIMIT_S} s, drift <= {DRIFT_LIMIT_S * 1000:.0f} ms, "
-          f"send lag <= {LAG_LIMIT_S * 1000:.0f} ms; CPU = server CPU-s per audio-s, and per stream-frame (80 ms)")
+          f"send lag <= {LAG_LIMIT_S * 1000:.0f} ms; latency = firing frame's last chunk sent -> detection received; "
+          f"CPU = server CPU-s per audio-s per satellite, and per stream-frame (80 ms)")
     print(f"{'server':<38} {'N':>4} {'phrases':>7} {'missed':>6} {'p50 ms':>7} {'p99 ms':>7} {'drift ms':>8} "
           f"{'lag ms':>7} {'CPU-s/audio-s':>13} {'us/frame':>8} {'client':>6}  verdict")
     try:
         for n in args.streams:
-            for label, proc, p, limit, judge in servers:
+            for label, proc, p, limit, judge, names in servers:
                 if n > limit:
                     continue
                 for _, other, *_ in servers:
                     settle(other)
-                r = measure(proc, p, n, load, judge)
-                print(f"{label:<38} {n:>4} {r['phrases']:>7} {r['missed']:>6} {r['p50'] * 1000:>7.0f} "
-                      f"{r['p99'] * 1000:>7.0f} {r['drift'] * 1000:>8.0f} {r['lag'] * 1000:>7.0f} {r['cpu']:>13.5f} "
+                r = measure(proc, p, n, load, names, judge)
+                print(f"{label:<38} {n:>4} {r['phrases']:>7} {r['missed']:>6} {r['p50'] * 1000:>7.1f} "
+                      f"{r['p99'] * 1000:>7.1f} {r['drift'] * 1000:>8.0f} {r['lag'] * 1000:>7.0f} {r['cpu']:>13.5f} "
                       f"{r['us_frame']:>8.0f} {r['client']:>6.2f}  {r['verdict']}", flush=True)
     finally:
         for _, proc, *_ in servers:

@@ -15,7 +15,7 @@ from .verifier import DEFAULT_VERIFIER_THRESHOLD
 DEFAULT_URI = "tcp://0.0.0.0:10400"
 DEFAULT_ZEROCONF_NAME = "openWakeWord-rk3588"
 NPU_CORE_MASKS = ("auto", "0", "1", "2", "0_1", "0_1_2")
-DEFAULT_BATCH_WINDOW_MS = 320  # scheduler.DEFAULT_BATCH_WINDOW_S (a test keeps them equal)
+DEFAULT_BATCH_WINDOW_MS = 0  # scheduler.DEFAULT_BATCH_WINDOW_S (a test keeps them equal)
 MAX_BATCH_WINDOW_MS = 1000
 
 
@@ -180,9 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=_positive_int, default=None,
         help="engine threads that share a big CPU batch (default: cores, at most 4)")
     add("--batch-window-ms", type=_batch_window, default=DEFAULT_BATCH_WINDOW_MS, metavar="MS",
-        help="score every satellite's audio together at most this often: longer costs less CPU per "
-        f"satellite and adds at most this much to the detection time; 0 = each frame at once "
-        f"(default {DEFAULT_BATCH_WINDOW_MS}, at most {MAX_BATCH_WINDOW_MS})")
+        help="hold every satellite's audio up to this long and score it together: less CPU per "
+        "satellite, but each detection comes up to this much later, and Home Assistant's speech-to-text "
+        "never hears that much of the command after the wake word; 0 = each frame as soon as it is "
+        f"complete (default {DEFAULT_BATCH_WINDOW_MS}, at most {MAX_BATCH_WINDOW_MS})")
     add("--zeroconf", nargs="?", const=DEFAULT_ZEROCONF_NAME, default=None, metavar="NAME",
         help=f"announce the service on the LAN with mDNS (default name {DEFAULT_ZEROCONF_NAME})")
     add("--model", action="append", default=[], help=argparse.SUPPRESS)  # wyoming-openwakeword's old flag

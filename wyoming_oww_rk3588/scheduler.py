@@ -55,13 +55,13 @@ MAX_QUEUED_SAMPLES = 30 * SAMPLE_RATE
 
 #: Below this many streams per part, splitting a batch across threads costs more than it saves.
 MIN_STREAMS_PER_WORKER = 16
-#: Least time from one batch's start to the next while no stream is behind. Every stream's
-#: frames that complete within one window are scored in one batch: one call per model for all
-#: the satellites and all their frames, and one wake-up of a cold CPU instead of one per frame
-#: (the ~8 MB of weights of the 7 models are reread from memory at each). That is most of
-#: what 1-8 satellites cost. It adds at most this much to the detection time (p50 ~0.2 s at
-#: 1-8 satellites; benchmarks/bench_streams.py) and can be set with --batch-window-ms.
-DEFAULT_BATCH_WINDOW_S = 0.32
+#: Least time from one batch's start to the next while no stream is behind. 0 (the default):
+#: a frame is scored as soon as it is complete; frames that complete while a batch runs join
+#: the next one, so load alone makes batches bigger. A window (--batch-window-ms, opt-in)
+#: scores every stream's frames of that long in one batch, for less CPU at 1-8 satellites,
+#: but holds each detection back by up to the window: Home Assistant gives speech-to-text only
+#: the audio that comes after the detection, so that much of the user's command is lost.
+DEFAULT_BATCH_WINDOW_S = 0.0
 #: A batch of at most this many frames runs on the event loop itself (a few ms): the hand-off to
 #: a thread and back costs more than it. Bigger ones go to the executor so reads go on meanwhile.
 INLINE_FRAMES = 32
@@ -119,6 +119,11 @@ class EngineRunner:
         handle.inbox.append(samples)
         handle.inbox_samples += len(samples)
         self._signal(handle)
+
+    @staticmethod
+    def waiting_samples(handle: StreamHandle) -> int:
+        """Samples fed and not yet scored (a partial frame, and whole ones waiting)."""
+        return handle.inbox_samples + handle.stream.pending_samples
 
     def _signal(self, handle: StreamHandle) -> None:
         waiting = handle.inbox_samples + handle.stream.pending_samples

@@ -12,13 +12,13 @@ from functools import partial
 from urllib.parse import urlparse
 
 from wyoming.info import Attribution, Info, WakeModel, WakeProgram
-from wyoming.server import AsyncServer
 
 from . import __version__
 from .cli import Settings
 from .detector import DetectorConfig
 from .engine import Engine
 from .errors import BackendUnavailable, ModelError
+from .connection import Connection
 from .handler import WakeWordHandler
 from .pacing import paced_loop
 from .models.registry import ModelInfo, ModelRegistry
@@ -175,15 +175,8 @@ async def serve(settings: Settings, engine: Engine, models: dict[str, ModelInfo]
     runner = EngineRunner(engine, workers=settings.workers, batch_window_s=settings.batch_window_ms / 1000)
     runner.start()
     info_event = build_info(models).event()
-    server = AsyncServer.from_uri(settings.uri)
-    factory = partial(WakeWordHandler, runner=runner, info_event=info_event, models=models)
-    stdio_task = None
-    if urlparse(settings.uri).scheme == "stdio":
-        stdio_task = loop.create_task(server.run(factory))
-        stdio_task.add_done_callback(lambda _: stop.set())
-    else:
-        await server.start(factory)
-        _widen_backlog(server)
+    handler = partial(WakeWordHandler, runner=runner, info_event=info_event, models=models)
+    server = await _listen(settings.uri, handler, stop)
     _LOGGER.info("Serving on %s", settings.uri)
     announcer = None
     if settings.zeroconf:
@@ -200,31 +193,40 @@ async def serve(settings: Settings, engine: Engine, models: dict[str, ModelInfo]
     await stop.wait()
     _LOGGER.info("Stopping")
     try:
-        await asyncio.wait_for(_shutdown(server, announcer, runner, stdio_task), STOP_TIMEOUT_S)
+        await asyncio.wait_for(_shutdown(server, announcer, runner), STOP_TIMEOUT_S)
     except asyncio.TimeoutError:
         _LOGGER.warning("Shutdown took longer than %.1f s; exiting anyway", STOP_TIMEOUT_S)
 
 
 #: Connections the kernel holds until the loop accepts them. asyncio's default, 100, is too
-#: few when hundreds of satellites reconnect at once (after a restart) while the loop sleeps
-#: out a tick: the kernel then drops or resets the rest.
+#: few when hundreds of satellites reconnect at once (after a restart) while the loop is busy:
+#: the kernel then drops or resets the rest.
 LISTEN_BACKLOG = 1024
 
 
-def _widen_backlog(server: AsyncServer) -> None:
-    listening = getattr(getattr(server, "_server", None), "sockets", None) or ()  # wyoming's asyncio server
-    for sock in listening:
-        with socket.socket(fileno=os.dup(sock.fileno())) as again:
-            again.listen(LISTEN_BACKLOG)  # listen() on a listening socket only changes its backlog
+async def _listen(uri: str, handler, stop: asyncio.Event):
+    """A listening server for tcp:// and unix://, or stdin/stdout as one connection for
+    stdio:// (which stops the server when stdin closes); each connection gets a handler."""
+    loop = asyncio.get_running_loop()
+    parsed = urlparse(uri)
+    if parsed.scheme == "tcp":
+        return await loop.create_server(lambda: Connection(handler), parsed.hostname, parsed.port,
+                                        backlog=LISTEN_BACKLOG, reuse_address=True)
+    if parsed.scheme == "unix":
+        return await loop.create_unix_server(lambda: Connection(handler), parsed.netloc + parsed.path,
+                                             backlog=LISTEN_BACKLOG)
+    writer, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(os.dup(1), "wb"))
+    connection = Connection(handler, write_transport=writer, on_lost=stop.set)
+    await loop.connect_read_pipe(lambda: connection, os.fdopen(os.dup(0), "rb"))
+    return None
 
 
-async def _shutdown(server, announcer, runner, stdio_task) -> None:
-    await server.stop()
+async def _shutdown(server, announcer, runner) -> None:
+    if server is not None:
+        server.close()  # stops listening; connections end with the process
     if announcer is not None:
         await announcer.stop()
     await runner.stop()
-    if stdio_task is not None:
-        stdio_task.cancel()
 
 
 def run(settings: Settings) -> int:
