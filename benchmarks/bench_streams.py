@@ -41,8 +41,10 @@ import asyncio
 import io
 import os
 import socket
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,8 +100,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def start(cmd: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def start(cmd: list[str], port: int, log=subprocess.DEVNULL) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -231,6 +233,13 @@ def phrase_latencies(stream: Stream) -> tuple[list[tuple[float, float]], int]:
     return found, missed + len(stream.firing) - len(sent)
 
 
+def server_waits(log) -> list[float]:
+    """Milliseconds from frame complete to detection written, from our server's log lines since
+    the last call."""
+    text = log.read()
+    return [float(m) for m in re.findall(r"answered ([0-9.]+) ms after its frame", text)]
+
+
 def settle(proc: subprocess.Popen, limit_s: float = 120.0) -> None:
     """Wait until a server has worked off what it still had queued (an overloaded peer goes on
     for a while after its clients left), so it does not take CPU from the next measurement."""
@@ -301,7 +310,9 @@ def main() -> None:
         label = "wyoming-oww-rk3588"
     if args.server_args:
         label += " " + args.server_args
-    ours = start([*ours_cmd, "--uri", f"tcp://127.0.0.1:{port}", *args.server_args.split()], port)
+    ours_log = tempfile.NamedTemporaryFile("w+", prefix="bench_streams_", suffix=".log")
+    ours = start([*ours_cmd, "--uri", f"tcp://127.0.0.1:{port}", *args.server_args.split()], port, ours_log)
+    ours_log = open(ours_log.name)  # its own offset: the server's writes move the one it shares
     servers.append((label, ours, port, max(args.streams), not args.null_backends, MODELS))
     for python, version, extra, names in (
             (args.peer21, "2.1.0", [], MODELS),
@@ -319,8 +330,10 @@ def main() -> None:
           f"real time, spread phases; detect {', '.join(MODELS)}; client in this process, on the same cores")
     print(f"# held = missed 0, p99 <= {P99_LIMIT_S} s, drift <= {DRIFT_LIMIT_S * 1000:.0f} ms, "
           f"send lag <= {LAG_LIMIT_S * 1000:.0f} ms; latency = firing frame's last chunk sent -> detection received; "
+          f"srv = the server's own part (frame's last sample read -> detection written, from its log); "
           f"CPU = server CPU-s per audio-s per satellite, and per stream-frame (80 ms)")
-    print(f"{'server':<38} {'N':>4} {'phrases':>7} {'missed':>6} {'p50 ms':>7} {'p99 ms':>7} {'drift ms':>8} "
+    print(f"{'server':<38} {'N':>4} {'phrases':>7} {'missed':>6} {'p50 ms':>7} {'p99 ms':>7} {'srv p50':>7} "
+          f"{'srv p99':>7} {'drift ms':>8} "
           f"{'lag ms':>7} {'CPU-s/audio-s':>13} {'us/frame':>8} {'client':>6}  verdict")
     try:
         for n in args.streams:
@@ -329,10 +342,16 @@ def main() -> None:
                     continue
                 for _, other, *_ in servers:
                     settle(other)
+                own = server_waits(ours_log) if proc is ours else None  # skip what earlier levels logged
                 r = measure(proc, p, n, load, names, judge)
+                if proc is ours:
+                    own = server_waits(ours_log)
+                    own_text = f"{np.percentile(own, 50):>7.1f} {np.percentile(own, 99):>7.1f}" if own else f"{'-':>7} {'-':>7}"
+                else:
+                    own_text = f"{'-':>7} {'-':>7}"
                 print(f"{label:<38} {n:>4} {r['phrases']:>7} {r['missed']:>6} {r['p50'] * 1000:>7.1f} "
-                      f"{r['p99'] * 1000:>7.1f} {r['drift'] * 1000:>8.0f} {r['lag'] * 1000:>7.0f} {r['cpu']:>13.5f} "
-                      f"{r['us_frame']:>8.0f} {r['client']:>6.2f}  {r['verdict']}", flush=True)
+                      f"{r['p99'] * 1000:>7.1f} {own_text} {r['drift'] * 1000:>8.0f} {r['lag'] * 1000:>7.0f} "
+                      f"{r['cpu']:>13.5f} {r['us_frame']:>8.0f} {r['client']:>6.2f}  {r['verdict']}", flush=True)
     finally:
         for _, proc, *_ in servers:
             proc.terminate()

@@ -41,6 +41,7 @@ class WakeWordHandler:
         self._handle: StreamHandle | None = None
         self._converter = StreamConverter()
         self._detected = False
+        self._format: tuple | None = None  # the last chunk format that passed parse_format
         self._logged_errors: set[str] = set()
 
     def _everything(self) -> list[tuple[str, ModelInfo]]:
@@ -109,11 +110,15 @@ class WakeWordHandler:
         self.connection.expect(1, 0.0)
 
     def _on_chunk(self, event: Event) -> Awaitable | None:
-        try:
-            fmt = parse_format(event.data)
-        except AudioFormatError as err:
-            self._error(str(err))
-            return None
+        data = event.data
+        fmt = (data.get("rate"), data.get("width"), data.get("channels"))
+        # Checked once per format: 16000.0 == 16000 and True == 1, so a repeat must be ints too.
+        if fmt != self._format or type(fmt[0]) is not int or type(fmt[1]) is not int or type(fmt[2]) is not int:
+            try:
+                fmt = self._format = parse_format(data)
+            except AudioFormatError as err:
+                self._error(str(err))
+                return None
         payload = event.payload or b""
         frame_bytes = fmt[1] * fmt[2]
         if len(payload) % frame_bytes:
@@ -156,8 +161,12 @@ class WakeWordHandler:
         # a session on every model answers with what fired (a timer answers its class).
         name = detection.asked_name or detection.label
         self.connection.send(Detection(name=name, timestamp=detection.timestamp_ms).event())
-        _LOGGER.info("Client %s: detected %s at %d ms (score %.3f)", self.peer, name,
-                     detection.timestamp_ms, detection.score)
+        # How long the answer took from the arrival of the frame's last sample: Home Assistant's
+        # speech-to-text never hears what the user says in that time.
+        waited = None if self._handle is None else self._handle.waited_s(detection.step, self.runner.now())
+        _LOGGER.info("Client %s: detected %s at %d ms (score %.3f; answered %s after its frame was complete)",
+                     self.peer, name, detection.timestamp_ms, detection.score,
+                     "?" if waited is None else f"{waited * 1000:.1f} ms")
 
     def _on_engine_error(self, message: str) -> None:
         self.connection.send(Error(text=message, code="engine").event())
