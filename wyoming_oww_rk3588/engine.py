@@ -63,6 +63,7 @@ class Engine:
         # Checked here, so a missing binding stops the start with one line, not the first stream.
         self._speex = speex_factory() if noise_suppression else None
         self.verifiers = dict(verifiers or {})  # canonical model name -> Verifier
+        self._threshold_rows: dict[tuple[str, int], tuple[DetectorConfig, np.ndarray]] = {}
         self.verifier_threshold = verifier_threshold
         backend, self.features_reason = select_features(features_backend, threads=threads, precision=precision)
         self.features = FeaturePipeline(backend, fallback_factory=cpu_features_factory(threads))
@@ -198,8 +199,11 @@ class Engine:
         `_scores` found the first kind for every step in one comparison per model, and only
         they go through `update`."""
         for info, listeners, scores, hot in scored:
+            counting = [j for j, (i, _) in enumerate(listeners) if streams[i].labels]
+            if not counting and not hot[:, k].any():
+                continue  # the common case, one comparison: nothing over a threshold, nothing counting
             rows = set(np.flatnonzero(hot[:, k]).tolist())
-            rows.update(j for j, (i, _) in enumerate(listeners) if streams[i].labels)
+            rows.update(counting)
             for j in sorted(rows):
                 i, asked = listeners[j]
                 stream = streams[i]
@@ -208,12 +212,18 @@ class Engine:
                     if found is not None:
                         detections.append((stream, found))
 
-    @staticmethod
-    def _thresholds(info: ModelInfo, detectors: list[DetectorConfig]) -> np.ndarray:
+    def _thresholds(self, info: ModelInfo, detectors: list[DetectorConfig]) -> np.ndarray:
         """[labels], or [listeners, labels] where their detectors differ."""
         first = detectors[0]
         if all(d is first for d in detectors):
-            return np.array([first.threshold_for(info.name, label) for label in info.labels])
+            # Kept per model and detector (a frozen config): one lookup per model per round.
+            cached = self._threshold_rows.get((info.name, id(first)))
+            if cached is None or cached[0] is not first:
+                if len(self._threshold_rows) > 256:
+                    self._threshold_rows.clear()
+                cached = self._threshold_rows[(info.name, id(first))] = (
+                    first, np.array([first.threshold_for(info.name, label) for label in info.labels]))
+            return cached[1]
         return np.array([[d.threshold_for(info.name, label) for label in info.labels] for d in detectors])
 
     def close(self) -> None:
