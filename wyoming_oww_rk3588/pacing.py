@@ -1,10 +1,10 @@
 """An event loop that wakes at most once a tick when it has nothing to do.
 
-Each satellite sends a chunk every 64 ms; at other phases, 8 satellites wake a plain loop
-125 times a second, and a wake-up (system calls, a cache gone cold on a shared machine)
-costs more than reading the chunk. Waking at most once a tick reads several chunks per wake;
-the engine scores them once a batch window anyway (scheduler.py), so the server's tick is that
-window and adds no latency that the window does not. Ready callbacks and timers (the engine's
+Only with the opt-in batch window (--batch-window-ms; the default 0 makes the tick 0 and this
+a plain loop): the engine then scores audio once a window anyway (scheduler.py), so waking
+at most once per window reads every satellite's chunks of that window in one go and adds no
+latency that the window does not (a wake-up on a shared machine costs more than a chunk).
+With no window, connection.py's low-water mark keeps wake-ups to one per frame instead. Ready callbacks and timers (the engine's
 window among them) never wait, nor does a loop waiting for an engine batch: a loop with work
 goes on at once.
 """

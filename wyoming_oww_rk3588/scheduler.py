@@ -1,9 +1,10 @@
-"""Runs the one engine off the asyncio loop: gathers every live stream's audio, one batch at a time.
+"""Runs the one engine beside the asyncio loop: gathers every live stream's audio, one batch at a time.
 
 Connections only append samples to their stream's inbox. A single task moves inboxes into
-the streams, runs `Engine.process` for all ready streams in one executor thread, and hands
-detections back. While a batch runs, audio keeps arriving, so load makes batches bigger
-instead of making anyone wait longer. A batch takes at most one engine round from each
+the streams as soon as a frame is complete, runs `Engine.process` for all ready streams (on
+the loop for a few frames, in executor threads for more), and hands detections back. While a
+batch runs, audio keeps arriving, so load makes batches bigger instead of making anyone wait
+longer; no delay is added by default. A batch takes at most one engine round from each
 stream, so a stream that is minutes behind cannot hold up the others. A failing batch is isolated stream by stream, so one
 bad stream can never make the engine deaf for the others.
 """
