@@ -101,3 +101,28 @@ def test_a_client_switching_to_smaller_chunks_mid_stream_is_still_heard(server):
             return await read_until(c, {"detection"}, 5)
 
     assert asyncio.run(go()).data["name"] == "alexa"
+
+
+def test_a_client_that_shuts_its_side_after_audio_stop_still_gets_the_answer(server):
+    """Half-close (shutdown(SHUT_WR)) right after audio-stop: the detection and the end of the
+    stream are still answered before the server closes."""
+    from wyoming.event import async_read_event
+
+    from wyoming_oww_rk3588.wire import encode
+
+    audio = padded(load_wav("alexa_test.wav"), 1.0, 0.2)
+
+    async def go():
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(encode(Detect(names=["alexa"]).event()) + encode(AudioStart(rate=16000, width=2, channels=1).event()))
+        for i in range(0, len(audio), 1600):
+            writer.write(encode(AudioChunk(rate=16000, width=2, channels=1, audio=audio[i : i + 1600].tobytes()).event()))
+        writer.write(encode(AudioStop().event()))
+        writer.write_eof()
+        types = []
+        while (event := await asyncio.wait_for(async_read_event(reader), 30)) is not None:
+            types.append(event.type)
+        writer.close()
+        return types
+
+    assert asyncio.run(go()) == ["detection"]

@@ -60,6 +60,7 @@ class Connection(asyncio.Protocol):
         self._sock: socket.socket | None = None
         self._waiting: asyncio.Task | None = None  # the handler's awaitable, while reading waits
         self._closed = False
+        self._eof = False  # the client shut its side while an answer was pending
         self._chunk_bytes = 0  # the last audio-chunk event's size on the wire
         self._expect = (1, 0.0)  # (chunks until the next frame is complete, seconds per chunk)
         self._lowat = 1
@@ -83,9 +84,19 @@ class Connection(asyncio.Protocol):
         self._handle_buffered()
 
     def eof_received(self) -> bool:
-        return False  # close: the client is done
+        """The client has sent all it will: answer what it is waiting for, then close."""
+        if self._waiting is None:
+            return False
+        self._eof = True
+        return True  # keep the write side open until the answer is out
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._waiting is not None and self._write_transport is not None and exc is None:
+            self._eof = True  # stdin ended with an answer pending: finish what came, then end
+            return
+        self._end()
+
+    def _end(self) -> None:
         self._closed = True
         self._cancel_late()
         if self._waiting is not None:
@@ -126,8 +137,13 @@ class Connection(asyncio.Protocol):
             return
         if task.exception() is not None:
             _LOGGER.error("Client %s: %s", self.peer, task.exception())
-        self.transport.resume_reading()
+        if not self._eof:
+            self.transport.resume_reading()
         self._handle_buffered()
+        if self._eof and self._waiting is None:
+            if self._write_transport is not None:  # stdio: stdin is already gone
+                self._end()
+            self.close()
 
     # ---- waking only for a whole frame --------------------------------------------------
     def expect(self, chunks: int, chunk_s: float) -> None:
