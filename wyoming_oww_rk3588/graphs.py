@@ -235,13 +235,50 @@ def batched_head(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def merged_heads(heads: list[onnx.ModelProto]) -> onnx.ModelProto:
+#: Ops whose only change between default-domain opsets 13 and 14 is element types they accept
+#: (onnx's Changelog; Reshape-14's new `allowzero` defaults to the old behaviour): a head made
+#: at opset 13 computes the same at 14 when it uses nothing else that changed.
+_SAME_AT_14 = frozenset({"Add", "Sub", "Mul", "Div", "Relu", "Identity", "Reshape"})
+
+
+def same_at_opset(model: onnx.ModelProto, target: int) -> bool:
+    """Whether every op of `model` (subgraphs too) means the same at default-domain opset
+    `target` as at its own: the same schema version, or a change that only added types."""
+    from onnx import defs
+
+    own = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    if set(own) != {"ai.onnx"} or own["ai.onnx"] > target:
+        return False
+    version = own["ai.onnx"]
+
+    def nodes(graph):
+        for node in graph.node:
+            yield node
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    yield from nodes(attribute.g)
+
+    for node in nodes(model.graph):
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        try:
+            same = defs.get_schema(node.op_type, target).since_version == defs.get_schema(node.op_type, version).since_version
+        except Exception:  # noqa: BLE001 - an op onnx does not know: leave the head as it is
+            return False
+        if not same and not (version == 13 and target == 14 and node.op_type in _SAME_AT_14
+                             and not any(a.name == "allowzero" and a.i for a in node.attribute)):
+            return False
+    return True
+
+
+def merged_heads(heads: list[onnx.ModelProto], opset: int | None = None) -> onnx.ModelProto:
     """Several batched heads as one graph: head i's input and output get the prefix `h{i}_`.
 
     One onnxruntime call then runs them all: each head's nodes, weights and shapes stay its
     own, so every score is what its own session gives, for one call's overhead instead of one
     per head (at one or two satellites that overhead, on a cold cache, is most of the heads'
-    cost). The heads must share their opset imports (the caller groups them)."""
+    cost). The heads must share their opset imports, or be `same_at_opset(head, opset)` for the
+    `opset` given (the caller groups them)."""
     from onnx import compose
 
     prefixed = [compose.add_prefix(head, f"h{i}_") for i, head in enumerate(heads)]
@@ -250,7 +287,8 @@ def merged_heads(heads: list[onnx.ModelProto]) -> onnx.ModelProto:
         [i for m in prefixed for i in m.graph.input], [o for m in prefixed for o in m.graph.output],
         [t for m in prefixed for t in m.graph.initializer],
     )
-    model = helper.make_model(graph, opset_imports=list(heads[0].opset_import))
+    imports = [helper.make_opsetid("", opset)] if opset is not None else list(heads[0].opset_import)
+    model = helper.make_model(graph, opset_imports=imports)
     model.ir_version = max(h.ir_version for h in heads)
     onnx.checker.check_model(model)
     return model

@@ -163,18 +163,25 @@ class CpuHeads:
             return plan
         for model in models:
             self.load(model)
+        # One group for every head that means the same at the newest default opset among them
+        # (the built-ins: opset 13 and hey_rhasspy's 14), one per opset for the rest.
+        newest = max((o.version for m in models for o in self._graphs[m.name].opset_import
+                      if o.domain in ("", "ai.onnx")), default=None)
         groups: dict[tuple, list[int]] = {}
         for i, model in enumerate(models):
             graph = self._graphs[model.name]
-            groups.setdefault(tuple((o.domain, o.version) for o in graph.opset_import), []).append(i)
+            key = (("", newest),) if newest is not None and graphs.same_at_opset(graph, newest) else \
+                tuple((o.domain, o.version) for o in graph.opset_import)
+            groups.setdefault(key, []).append(i)
         plan = []
-        for members in groups.values():
+        for key, members in groups.items():
             if len(members) == 1:
                 session, input_name = self._sessions[models[members[0]].name]
                 plan.append((session, members, [input_name]))
                 continue
             try:
-                merged = graphs.merged_heads([self._graphs[models[i].name] for i in members])
+                merged = graphs.merged_heads([self._graphs[models[i].name] for i in members],
+                                             opset=newest if key == (("", newest),) else None)
                 session = make_session(merged, self._threads)
             except Exception as err:  # noqa: BLE001 - then one call per head, as before
                 _LOGGER.warning("Could not merge heads %s (%s); scoring them one by one",
