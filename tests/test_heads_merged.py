@@ -73,3 +73,14 @@ def test_a_failing_merged_call_is_redone_head_by_head(caplog):
         np.testing.assert_array_equal(got, CpuHeads().score(model, window))
     assert "scoring them one by one" in caplog.text
 
+
+
+def test_a_set_of_heads_scored_again_reuses_its_merged_session():
+    """Building a merged session costs tens of ms: each round of the same set must find it."""
+    heads = CpuHeads()
+    models = BUILTIN[:5]
+    windows = _windows(models, 1)
+    heads.score_many(models, windows)
+    first = heads._plan(models)
+    heads.score_many(models, windows)
+    assert heads._plan(models) is first and len(heads._merged) == 1

@@ -170,18 +170,18 @@ class CpuHeads:
         groups: dict[tuple, list[int]] = {}
         for i, model in enumerate(models):
             graph = self._graphs[model.name]
-            key = (("", newest),) if newest is not None and graphs.same_at_opset(graph, newest) else \
+            group = (("", newest),) if newest is not None and graphs.same_at_opset(graph, newest) else \
                 tuple((o.domain, o.version) for o in graph.opset_import)
-            groups.setdefault(key, []).append(i)
+            groups.setdefault(group, []).append(i)
         plan = []
-        for key, members in groups.items():
+        for group, members in groups.items():
             if len(members) == 1:
                 session, input_name = self._sessions[models[members[0]].name]
                 plan.append((session, members, [input_name]))
                 continue
             try:
                 merged = graphs.merged_heads([self._graphs[models[i].name] for i in members],
-                                             opset=newest if key == (("", newest),) else None)
+                                             opset=newest if group == (("", newest),) else None)
                 session = make_session(merged, self._threads)
             except Exception as err:  # noqa: BLE001 - then one call per head, as before
                 _LOGGER.warning("Could not merge heads %s (%s); scoring them one by one",
