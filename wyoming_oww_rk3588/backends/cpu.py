@@ -57,11 +57,12 @@ class CpuFeatures:
             raise BackendUnavailable("onnxruntime is not installed; pip install onnxruntime") from err
         mel_model = onnx.load(str(builtin_feature_path("melspectrogram")))
         embedding_model = onnx.load(str(builtin_feature_path("embedding")))
-        self._mel = make_session(graphs.batched_mel(mel_model), threads)
+        mel = graphs.batched_mel(mel_model)
+        self._mel = make_session(mel, threads)
         streaming, self.layout = graphs.streaming_embedding(embedding_model)
         self._step = make_session(streaming, threads)
         # One step's mel, scaling and embedding in one call: what a live stream takes each 80 ms.
-        self._fused = make_session(graphs.fused_features(graphs.batched_mel(mel_model), streaming), threads)
+        self._fused = make_session(graphs.fused_features(mel, streaming), threads)
         self._window = make_session(embedding_model, threads)
         self._state_names = list(self.layout.state_names)
 
