@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Install rknn-toolkit2 2.5.0 (the RKNN converter and x86 simulator) into its own venv, .venv-rknn.
-# Its pins (numpy<=1.26.4, onnx<=1.18, protobuf<=4.25.4) clash with the runtime's, so it never
-# shares the main venv; the runtime talks to it only through a subprocess. Idempotent.
+# Install rknn-toolkit2 (the RKNN converter and x86 simulator) into its own venv:
+# `.ci/install-rknn.sh` gives 2.5.0 in .venv-rknn, `.ci/install-rknn.sh 2.3.2` gives 2.3.2 in
+# .venv-rknn-2.3.2 (the built-in heads ship one set per runtime release, each made by its own
+# toolkit). Its pins (numpy<=1.26.4, onnx<=1.18, protobuf<=4.25.4) clash with the runtime's, so it
+# never shares the main venv; the runtime talks to it only through a subprocess. Idempotent.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${RKNN_VENV:-$repo/.venv-rknn}"
-python="${RKNN_BASE_PYTHON:-python3.11}"
 toolkit_version="2.5.0"
+requested="${1:-$toolkit_version}"
+if [ "$requested" = "$toolkit_version" ]; then
+    venv="${RKNN_VENV:-$repo/.venv-rknn}"
+else
+    venv="${RKNN_VENV:-$repo/.venv-rknn-$requested}"
+fi
+toolkit_version="$requested"
+python="${RKNN_BASE_PYTHON:-python3.11}"
 
 if [ -x "$venv/bin/python" ] && "$venv/bin/python" - "$toolkit_version" <<'PY' 2>/dev/null
 import sys

@@ -1,18 +1,24 @@
-"""Pre-convert the built-in heads for the RK3588 NPU, to ship in the package (issue 14).
+"""Pre-convert the built-in heads for the RK3588 NPU, one set per rknn-toolkit2 release, to ship in
+the package (issues 14 and 20).
 
-Every head of models/builtin/manifest.json at the runtime's batch (rknn/cache.py's DEFAULT_BATCH)
-is built, exported and run in rknn-toolkit2's x86 simulator in one toolkit process (the simulator
-cannot run an exported file), then compared with onnxruntime on the reference clips, seeded
-random windows and the zero window. Only if every head is within 2e-2 and fires on the same clips
-are the files written to models/builtin/rknn/ (the converter's cache format) and pinned in the
-manifest's "rknn" section with the toolkit, the source model's sha256 and the check figures.
-It also records the shipped build's simulator scores for the runtime tests' fake RKNNLite
-(tests/fixtures/rknn/simulator_scores.npz). Rerun when a built-in model, the toolkit or the
-converter's recipe changes (tests/test_rknn_builtin.py says when). Exits 1 if a head fails its
+A librknnrt release rejects model files of a newer toolkit ("Invalid RKNN model version"), and the
+runtime users can get (airockchip/rknn-toolkit2's published librknnrt.so) stops at 2.3.2: so the
+package carries a set per runtime release, each made by that release's toolkit. Every head of
+models/builtin/manifest.json at the runtime's batch (rknn/cache.py's DEFAULT_BATCH) is built,
+exported and run in the toolkit's x86 simulator in one toolkit process (the simulator cannot run an
+exported file), then compared with onnxruntime on the reference clips, seeded random windows and the
+zero window. Only if every head is within 2e-2 and fires on the same clips are the files written to
+models/builtin/rknn/<release>/ (the converter's cache format), with verify.npz (a few recorded
+inputs per head and this build's simulator scores for them: the backend's check on load), and
+pinned in the manifest's "rknn" section under the release. It also records the build's simulator
+scores on every check row for the runtime tests' fake RKNNLite
+(tests/fixtures/rknn/<release>/simulator_scores.npz). Rerun when a built-in model, the toolkit or
+the converter's recipe changes (tests/test_rknn_builtin.py says when). Exits 1 if a head fails its
 check, 2 without a toolkit.
 
-Run from the repository root: `python scripts/convert_builtin_rknn.py [--toolkit-python PATH]`
-(default: as `python -m wyoming_oww_rk3588.rknn convert`, e.g. the checkout's .venv-rknn).
+Run from the repository root, once per toolkit venv (`.ci/install-rknn.sh [RELEASE]` makes them):
+  python scripts/convert_builtin_rknn.py --toolkit-python .venv-rknn/bin/python        # 2.5.0
+  python scripts/convert_builtin_rknn.py --toolkit-python .venv-rknn-2.3.2/bin/python  # 2.3.2
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from wyoming_oww_rk3588.models.registry import ModelRegistry, load_manifest  # noqa: E402
 from wyoming_oww_rk3588.rknn import builtin, cache  # noqa: E402
+from wyoming_oww_rk3588.models.registry import sha256_of  # noqa: E402
 from wyoming_oww_rk3588.rknn.check import (  # noqa: E402
     check_rows, clip_features, compare, default_clips_dir, record_fixture, reference_backend)
 from wyoming_oww_rk3588.rknn.convert import Converter  # noqa: E402
@@ -36,25 +43,29 @@ from wyoming_oww_rk3588.rknn.toolkit import Toolkit, ToolkitError  # noqa: E402
 
 MANIFEST = ROOT / "wyoming_oww_rk3588" / "models" / "builtin" / "manifest.json"
 #: The runtime tests' fake RKNNLite answers with these scores: those of the shipped build.
-FIXTURE = ROOT / "tests" / "fixtures" / "rknn" / "simulator_scores.npz"
+FIXTURES = ROOT / "tests" / "fixtures" / "rknn"
+#: Recorded rows per head in verify.npz: with the zero row, one NPU call at the batch of 32.
+VERIFY_ROWS = cache.DEFAULT_BATCH - 1
+
+
+def fixture_path(version: str) -> Path:
+    return FIXTURES / version / "simulator_scores.npz"
 
 
 def dump_manifest(manifest: dict) -> str:
-    """The manifest's own layout: one line per model, so a diff shows which model changed."""
-    out = ["{"]
-    sections = list(manifest.items())
-    for i, (key, value) in enumerate(sections):
-        comma = "," if i < len(sections) - 1 else ""
-        if not isinstance(value, dict):
-            out.append(f"  {json.dumps(key)}: {json.dumps(value)}{comma}")
-            continue
-        out.append(f"  {json.dumps(key)}: {{")
-        items = list(value.items())
-        for j, (name, entry) in enumerate(items):
-            out.append(f"    {json.dumps(name)}: {json.dumps(entry)}{',' if j < len(items) - 1 else ''}")
-        out.append(f"  }}{comma}")
-    out.append("}")
-    return "\n".join(out) + "\n"
+    """The manifest's own layout: one line per model (per release and model in "rknn"), so a diff
+    shows which model changed."""
+
+    def dump(value, indent: int, depth: int) -> str:
+        if not isinstance(value, dict) or depth == 0:
+            return json.dumps(value)
+        pad = "  " * (indent + 1)
+        items = [f"{pad}{json.dumps(k)}: {dump(v, indent + 1, depth - 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + "  " * indent + "}"
+
+    return "{\n" + ",\n".join(
+        f"  {json.dumps(key)}: {dump(value, 1, 2 if key == 'rknn' else 1)}" for key, value in manifest.items()
+    ) + "\n}\n"
 
 
 def main() -> int:
@@ -70,6 +81,9 @@ def main() -> int:
     clips = clip_features(default_clips_dir())
     rows = {m.name: check_rows(m, clips) for m in models}
     with tempfile.TemporaryDirectory(prefix="rknn-builtin-") as tmp:
+        version = toolkit.version(Path(tmp))
+        out_dir = builtin.BUILTIN_RKNN_DIR / version
+        print(f"rknn-toolkit2 {version} ({toolkit.python}) -> {out_dir.relative_to(ROOT)}")
         converter = Converter(Path(tmp), toolkit, batch=cache.DEFAULT_BATCH)
         results = converter.convert(models, {name: r.all for name, r in rows.items()}, force=True)
         pins, failed, checked = {}, [], []
@@ -87,7 +101,7 @@ def main() -> int:
             entry = res.entry
             checked.append((model, res.scores))
             pins[model.name] = {
-                "file": f"rknn/{entry['rknn_file']}", "sha256": entry["rknn_sha256"], "toolkit": entry["toolkit"],
+                "file": f"rknn/{version}/{entry['rknn_file']}", "sha256": entry["rknn_sha256"], "toolkit": entry["toolkit"],
                 "platform": entry["platform"], "batch": entry["batch"], "recipe": entry["recipe"],
                 "source_sha256": entry["source_sha256"],
                 "check": {"clips": float(f"{head.max_error_real:.2g}"), "random": float(f"{head.max_error_random:.2g}"),
@@ -99,21 +113,26 @@ def main() -> int:
         if failed:
             print("error: nothing written; " + "; ".join(failed), file=sys.stderr)
             return 1
-        shutil.rmtree(builtin.BUILTIN_RKNN_DIR, ignore_errors=True)  # files of an older toolkit or recipe go
-        builtin.BUILTIN_RKNN_DIR.mkdir()
+        shutil.rmtree(out_dir, ignore_errors=True)  # files of an older build or recipe of this release go
+        out_dir.mkdir(parents=True)
         for res in results:
             for suffix in (".rknn", ".json"):
                 name = Path(res.entry["rknn_file"]).with_suffix(suffix).name
-                shutil.copy(Path(tmp) / name, builtin.BUILTIN_RKNN_DIR / name)
+                shutil.copy(Path(tmp) / name, out_dir / name)
+    meta = {"toolkit": version, "platform": cache.PLATFORM, "batch": cache.DEFAULT_BATCH}
+    verify = out_dir / builtin.VERIFY_FILE
+    record_fixture(verify, clips, checked, meta, rows=VERIFY_ROWS)
     manifest = load_manifest()
-    manifest["rknn"] = {name: pins[name] for name in manifest["heads"]}
+    sets = {v: p for v, p in manifest.get("rknn", {}).items() if builtin.release(v)}  # older layouts go
+    sets[version] = {"verify": {"file": f"rknn/{version}/{builtin.VERIFY_FILE}", "sha256": sha256_of(verify)},
+                     **{name: pins[name] for name in manifest["heads"]}}
+    manifest["rknn"] = {v: sets[v] for v in sorted(sets, key=builtin.release)}
     MANIFEST.write_text(dump_manifest(manifest))
-    record_fixture(FIXTURE, clips, checked,
-                   {"toolkit": results[0].entry["toolkit"], "platform": cache.PLATFORM, "batch": cache.DEFAULT_BATCH})
-    print(f"recorded the shipped build's simulator scores in {FIXTURE.relative_to(ROOT)}")
-    total = sum(p.stat().st_size for p in builtin.BUILTIN_RKNN_DIR.glob("*.rknn"))
-    print(f"wrote {len(pins)} heads to {builtin.BUILTIN_RKNN_DIR.relative_to(ROOT)} ({total / 1e6:.1f} MB) "
-          f"and pinned them in {MANIFEST.relative_to(ROOT)}")
+    record_fixture(fixture_path(version), clips, checked, meta)
+    print(f"recorded the build's simulator scores in {fixture_path(version).relative_to(ROOT)}")
+    total = sum(p.stat().st_size for p in out_dir.glob("*.rknn"))
+    print(f"wrote {len(pins)} heads and {verify.name} ({verify.stat().st_size} bytes) to "
+          f"{out_dir.relative_to(ROOT)} ({total / 1e6:.1f} MB) and pinned them in {MANIFEST.relative_to(ROOT)}")
     return 0
 
 

@@ -62,9 +62,11 @@ def test_the_wheel_ships_the_reference_clips_and_the_builtin_rknn_heads(installe
     names = set(zipfile.ZipFile(wheel).namelist())
     for clip in CLIPS_DIR.glob("*.wav"):
         assert f"wyoming_oww_rk3588/rknn/clips/{clip.name}" in names
-    for path in BUILTIN_RKNN_DIR.iterdir():  # the pre-converted heads and their cache entries
-        assert f"wyoming_oww_rk3588/models/builtin/rknn/{path.name}" in names
-    assert len([n for n in names if n.endswith(".rknn")]) == len(load_manifest()["rknn"]) == 7
+    for path in BUILTIN_RKNN_DIR.rglob("*"):  # every set's heads, cache entries and verify.npz
+        if path.is_file():
+            assert f"wyoming_oww_rk3588/models/builtin/rknn/{path.relative_to(BUILTIN_RKNN_DIR)}" in names
+    sets = load_manifest()["rknn"]
+    assert len([n for n in names if n.endswith(".rknn")]) == sum(len(s) - 1 for s in sets.values()) == 7 * len(sets)
     where = subprocess.run([str(python), "-c", "import wyoming_oww_rk3588; print(wyoming_oww_rk3588.__file__)"],
                            cwd=cwd, capture_output=True, text=True, check=True).stdout
     assert str(python.parents[1]) in where and str(REPO) not in where

@@ -30,7 +30,11 @@ def npu(tmp_path):
 
 
 def heads(npu, tmp_path, **options) -> RknnHeads:
-    return RknnHeads(cache_dir=tmp_path, runtime_factory=npu.RKNNLite, **options)
+    """The backend, once it has learned the runtime's release (one probe context, then forgotten)."""
+    backend = RknnHeads(cache_dir=tmp_path, runtime_factory=npu.RKNNLite, **options)
+    backend.runtime_info()
+    npu.forget()
+    return backend
 
 
 def test_the_fixture_covers_every_builtin_head_and_more_rows_than_one_batch():
@@ -106,21 +110,21 @@ def custom(name: str):
 
 
 def test_a_head_never_converted_is_declined_with_the_command_that_converts_it(npu, tmp_path):
-    reason = RknnHeads(cache_dir=tmp_path / "empty", runtime_factory=npu.RKNNLite).unsupported_reason(custom("alexa"))
+    reason = heads(npu, tmp_path / "empty").unsupported_reason(custom("alexa"))
     assert "python -m wyoming_oww_rk3588.rknn convert" in reason and "empty" in reason
 
 
 def test_in_the_add_on_a_head_never_converted_says_to_convert_on_a_pc_and_copy_it_to_share(npu, tmp_path, monkeypatch):
     monkeypatch.setenv("SUPERVISOR_TOKEN", "x")  # the add-on has no rknn-toolkit2 to convert with
     share = tmp_path / "share" / "rk3588" / "rknn"
-    reason = RknnHeads(cache_dir=share, runtime_factory=npu.RKNNLite).unsupported_reason(custom("alexa"))
+    reason = heads(npu, share).unsupported_reason(custom("alexa"))
     assert "convert it on a PC" in reason and f"copy the rknn folder's files to {share}" in reason
 
 
 @pytest.mark.parametrize("in_addon, board, expected", [
-    (True, {"lib": False}, "copy rknn-toolkit2 2.5.0's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so to "
+    (True, {"lib": False}, "rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so) to "
                            "/share/rk3588/ and restart the add-on"),
-    (False, {"lib": False}, "librknnrt.so there (docs/npu.md)"),
+    (False, {"lib": False}, "librknnrt.so) to /usr/lib/ (docs/npu.md)"),
     (True, {"node": None}, "restart the add-on"),
     (False, {"node": None}, "docker run --device /dev/dri/renderD129"),
 ])
@@ -166,16 +170,18 @@ def test_the_newest_batch_is_used_unless_one_is_asked_for(npu, tmp_path):
     ("load_rknn", "load_rknn"), ("init_runtime", "init_runtime"), ("inference", "does not run alexa"),
 ])
 def test_start_up_failures_are_backend_unavailable_and_release_the_context(npu, tmp_path, method, match):
+    backend = heads(npu, tmp_path)
     npu.fail(method, on_call=1)
     with pytest.raises(BackendUnavailable, match=match):
-        heads(npu, tmp_path).load(REGISTRY.resolve("alexa"))
+        backend.load(REGISTRY.resolve("alexa"))
     assert npu.released == ["alexa"]
 
 
 def test_a_runtime_that_raises_at_start_up_is_backend_unavailable(npu, tmp_path):
+    backend = heads(npu, tmp_path)
     npu.fail("init_runtime", result=OSError("/usr/lib/librknnrt.so: cannot open shared object file"))
     with pytest.raises(BackendUnavailable, match="librknnrt.so"):
-        heads(npu, tmp_path).load(REGISTRY.resolve("alexa"))
+        backend.load(REGISTRY.resolve("alexa"))
 
 
 @pytest.mark.parametrize("result", [None, [None], [np.zeros(3, np.float32)], RuntimeError("NPU timeout")])

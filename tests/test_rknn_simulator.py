@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from fakes.rknnlite import FIXTURE, Recorded
+from fakes.rknnlite import FIXTURE, FIXTURES, Recorded
 from wyoming_oww_rk3588 import graphs
 from wyoming_oww_rk3588.backends.cpu import CpuHeads, make_session
 from wyoming_oww_rk3588.backends.rknn import RknnHeads
@@ -102,15 +102,36 @@ def test_hey_jarvis_verifier_rewritten_as_where_runs_on_the_npu_on_both_branches
 
 
 def test_the_fake_npus_recorded_scores_are_what_the_simulator_gives_today(converted, clips):
+    _recorded_scores_are_the_simulators(converted, clips, FIXTURE)
+
+
+def _recorded_scores_are_the_simulators(converted, clips, path):
     results, _, _ = converted
-    recorded = Recorded(FIXTURE)
-    rerecord = f"record it again: python -m wyoming_oww_rk3588.rknn convert --all --check --record-fixture {FIXTURE}"
+    recorded = Recorded(path)
+    rerecord = f"record it again: python scripts/convert_builtin_rknn.py (it writes {path})"
     assert list(recorded.meta["clips"]) == list(clips.steps), f"the test clips changed; {rerecord}"
     assert recorded.meta["toolkit"] == results["alexa"].entry["toolkit"]
     for name in HEADS:
         assert recorded.meta["models"][name]["sha256"] == REGISTRY.resolve(name).sha256, f"{name} changed; {rerecord}"
         real = len(recorded.scores(name))
         np.testing.assert_allclose(results[name].scores[:real], recorded.scores(name), atol=1e-3)
+
+
+OTHER_TOOLKIT = "2.3.2"
+OTHER_PYTHON = REPO / f".venv-rknn-{OTHER_TOOLKIT}" / "bin" / "python"
+
+
+@pytest.mark.skipif(not OTHER_PYTHON.exists(),
+                    reason=f"rknn-toolkit2 {OTHER_TOOLKIT} venv not found: run .ci/install-rknn.sh {OTHER_TOOLKIT}")
+def test_the_232_sets_recorded_scores_are_what_rknn_toolkit2_232_simulates(tmp_path, clips):
+    """The shipped 2.3.2 set's fixture and on-load check come from that toolkit's simulator (about a minute)."""
+    models = [REGISTRY.resolve(name) for name in HEADS]
+    rows = {m.name: check_rows(m, clips) for m in models}
+    results = Converter(tmp_path, Toolkit(OTHER_PYTHON), batch=cache.DEFAULT_BATCH).convert(
+        models, {n: r.all for n, r in rows.items()})
+    converted = ({r.model.name: r for r in results}, rows, tmp_path)
+    assert all(r.entry["toolkit"] == OTHER_TOOLKIT for r in results)
+    _recorded_scores_are_the_simulators(converted, clips, FIXTURES / OTHER_TOOLKIT / "simulator_scores.npz")
 
 
 def test_the_runtime_backend_accepts_every_converted_head_from_the_cache(converted):

@@ -1,7 +1,11 @@
-"""A thin stand-in for rknn-toolkit-lite2 2.5.0's RKNNLite: same methods, same -1/None failures,
-answering with rknn-toolkit2's simulator scores recorded in tests/fixtures/rknn/ for its own small
-stand-in files and for the real .rknn files shipped for the built-in heads (re-record with
-`python -m wyoming_oww_rk3588.rknn convert --all --check --record-fixture <that file>`)."""
+"""A thin stand-in for rknn-toolkit-lite2's RKNNLite (2.3.2 / 2.5.0) on a board with a given
+librknnrt release: same methods, same -1/None failures, answering with the simulator scores of the
+toolkit that made the file (tests/fixtures/rknn/<release>/, recorded by scripts/convert_builtin_rknn.py)
+for its own small stand-in files and for the real .rknn files shipped for the built-in heads.
+Like the real runtime it refuses, in init_runtime, a file from a toolkit newer than itself
+("Invalid RKNN model version"); it reports its versions through get_sdk_version() as lite2 does
+(an `RKNN VERSION:` block with `API:` and `DRV:` lines); and it raises KeyError on a data_format for
+a 3-D input, as one lite2 release did."""
 
 from __future__ import annotations
 
@@ -16,19 +20,29 @@ from wyoming_oww_rk3588.models.registry import ModelInfo
 from wyoming_oww_rk3588.rknn import builtin, cache
 from wyoming_oww_rk3588.rknn.convert import make_entry
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "rknn" / "simulator_scores.npz"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "rknn"
+FIXTURE = FIXTURES / builtin.TOOLKIT_VERSION / "simulator_scores.npz"
 # onnxruntime's last bits can differ between machines and batch sizes; recorded windows differ
 # from each other by far more than this.
 MATCH_ATOL = 1e-4
 _FILE_MAGIC = b"fake-rknn:"
-#: The real .rknn files shipped for the built-in heads, by sha256: the fake loads them as those heads.
-SHIPPED = {pin["sha256"]: name for name, pin in builtin.pins().items()}
+#: The real .rknn files shipped for the built-in heads, by sha256: (toolkit release, head name).
+SHIPPED = {pin["sha256"]: (version, name) for version in builtin.sets()
+           for name, pin in builtin.head_pins(version).items()}
+#: A librknnrt 2.3.2's build tag, as the runtime reports it.
+_BUILD = {"2.3.2": "429f97ae6b@2025-04-09T09:09:27"}
+
+
+def fixture(version: str) -> Path:
+    return FIXTURES / version / "simulator_scores.npz"
 
 
 class Recorded:
     """The fixture: real embedding histories, and per head the simulator's score per window."""
 
     def __init__(self, path: Path = FIXTURE) -> None:
+        if not Path(path).suffix:  # a release: its fixture
+            path = fixture(str(path))
         data = np.load(path)
         self.meta = json.loads(str(data["meta"]))
         self.batch = int(self.meta["batch"])
@@ -65,14 +79,32 @@ class Recorded:
 
 
 class FakeNpu:
-    """What the fake RKNNLite objects share: recorded answers, planned failures, a call log."""
+    """What the fake RKNNLite objects share: the board's runtime release, recorded answers per
+    toolkit release, planned failures, a call log. `perturb` is added to every score (a chip that
+    mis-runs the files)."""
 
-    def __init__(self, recorded: Recorded | None = None) -> None:
+    def __init__(self, recorded: Recorded | None = None, runtime: str = "2.5.0", driver: str = "0.9.8",
+                 perturb: float = 0.0) -> None:
         self.recorded = recorded or Recorded()
+        self._recorded = {self.recorded.meta["toolkit"]: self.recorded}
+        self.runtime = runtime
+        self.driver = driver
+        self.perturb = perturb
         self.calls: list[tuple[str, str | None, object]] = []  # (method, model, argument)
         self.released: list[str | None] = []
         self._plans: dict[tuple[str, str | None], dict[int, object]] = {}
         self._counts: Counter = Counter()
+
+    def recorded_for(self, version: str) -> Recorded:
+        if version not in self._recorded:
+            self._recorded[version] = Recorded(fixture(version))
+        return self._recorded[version]
+
+    def sdk_version(self) -> str:
+        build = _BUILD.get(self.runtime, "fake")
+        return ("==============================================\nRKNN VERSION:\n"
+                f"  API: {self.runtime} ({build})\n  DRV: {self.driver}\n"
+                "==============================================")
 
     def fail(self, method: str, on_call: int = 1, model: str | None = None, result: object = "default") -> None:
         """Make the `on_call`-th call of `method` (counted for `model`, or for all) fail the way
@@ -92,20 +124,27 @@ class FakeNpu:
     def RKNNLite(self, verbose: bool = False) -> "FakeRKNNLite":  # noqa: N802 - mirrors the class name
         return FakeRKNNLite(self)
 
+    def forget(self) -> None:
+        """Drop the call log and counts so far (say, the backend's runtime probe)."""
+        self.calls.clear()
+        self.released.clear()
+        self._counts.clear()
+
     def count(self, method: str, model: str | None = None) -> int:
         return sum(1 for m, name, _ in self.calls if m == method and model in (None, name))
 
-    def write_cache(self, cache_dir: Path, models: list[ModelInfo]) -> None:
-        """Cache entries as the converter writes them, with small fake .rknn files."""
+    def write_cache(self, cache_dir: Path, models: list[ModelInfo], toolkit: str | None = None) -> None:
+        """Cache entries as the converter of release `toolkit` (default: the fixture's) writes
+        them, with small fake .rknn files."""
+        recorded = self.recorded_for(toolkit or self.recorded.meta["toolkit"])
+        toolkit = recorded.meta["toolkit"]
         for model in models:
-            recorded = self.recorded.meta["models"][model.name]
-            if recorded["sha256"] != model.sha256:
-                raise AssertionError(f"{FIXTURE.name} was recorded for another {model.name}; record it again")
-            key = cache.cache_key(model.sha256, self.recorded.meta["toolkit"], cache.PLATFORM, self.recorded.batch)
+            if recorded.meta["models"][model.name]["sha256"] != model.sha256:
+                raise AssertionError(f"the {toolkit} fixture was recorded for another {model.name}; record it again")
+            key = cache.cache_key(model.sha256, toolkit, cache.PLATFORM, recorded.batch)
             json_path, _ = cache.entry_paths(cache_dir, model, key)
-            entry = make_entry(model, self.recorded.meta["toolkit"], cache.PLATFORM, self.recorded.batch,
-                               status="ok", reason=None)
-            cache.write_entry(json_path, entry, _FILE_MAGIC + model.name.encode())
+            entry = make_entry(model, toolkit, cache.PLATFORM, recorded.batch, status="ok", reason=None)
+            cache.write_entry(json_path, entry, _FILE_MAGIC + f"{toolkit}:{model.name}".encode())
 
 
 class FakeRKNNLite:
@@ -120,6 +159,7 @@ class FakeRKNNLite:
     def __init__(self, npu: FakeNpu) -> None:
         self._npu = npu
         self.model: str | None = None
+        self.toolkit: str | None = None
         self.ready = False
 
     def _failure(self, method: str, default: object):
@@ -133,35 +173,42 @@ class FakeRKNNLite:
     def load_rknn(self, path: str) -> int:
         data = Path(path).read_bytes() if Path(path).is_file() else b""
         if data.startswith(_FILE_MAGIC):
-            self.model = data[len(_FILE_MAGIC):].decode()
+            self.toolkit, self.model = data[len(_FILE_MAGIC):].decode().split(":")
         else:
-            self.model = SHIPPED.get(hashlib.sha256(data).hexdigest())
+            self.toolkit, self.model = SHIPPED.get(hashlib.sha256(data).hexdigest(), (None, None))
         self._npu.calls.append(("load_rknn", self.model, path))
         fails, result = self._failure("load_rknn", -1)
         if fails:
             return result
-        return 0 if self.model in self._npu.recorded.heads else -1
+        return 0 if self.model is not None else -1
 
     def init_runtime(self, core_mask: int = NPU_CORE_AUTO) -> int:
         self._npu.calls.append(("init_runtime", self.model, core_mask))
         fails, result = self._failure("init_runtime", -1)
         if fails:
             return result
-        if self.model is None:
-            return -1
+        if self.model is None or builtin.release(self.toolkit) > builtin.release(self._npu.runtime):
+            return -1  # librknnrt: "Invalid RKNN model version", rknn_init fails
         self.ready = True
         return 0
 
-    def inference(self, inputs, data_format=None, inputs_pass_through=None, get_frame_id=False):
+    def get_sdk_version(self):
+        self._npu.calls.append(("get_sdk_version", self.model, None))
+        return self._npu.sdk_version() if self.ready else None
+
+    def inference(self, inputs, data_type=None, data_format=None, inputs_pass_through=None, get_frame_id=False):
         (batch,) = inputs
         self._npu.calls.append(("inference", self.model, np.array(batch, copy=True)))
+        if data_format is not None and np.ndim(batch) != 4:
+            raise KeyError(data_format)  # as one lite2 release did for a 3-D input
         fails, result = self._failure("inference", None)
         if fails:
             return result
-        window = self._npu.recorded.meta["models"].get(self.model, {}).get("window")
-        if not self.ready or np.shape(batch) != (self._npu.recorded.batch, window, 96):
+        recorded = self._npu.recorded_for(self.toolkit)
+        window = recorded.meta["models"].get(self.model, {}).get("window")
+        if not self.ready or np.shape(batch) != (recorded.batch, window, 96):
             return None  # RKNNLite logs an error and returns None for a wrong-sized input
-        return [np.stack([self._npu.recorded.answer(self.model, row) for row in batch])]
+        return [np.stack([recorded.answer(self.model, row) for row in batch]) + np.float32(self._npu.perturb)]
 
     def release(self) -> None:
         self._npu.released.append(self.model)

@@ -1,7 +1,8 @@
 """Wake-word heads on the RK3588 NPU through rknn-toolkit-lite2's RKNNLite, one padded batch per call.
-The built-in heads ship pre-converted (rknn/builtin.py); other heads are converted beforehand
-(`python -m wyoming_oww_rk3588.rknn convert`). A head without a usable .rknn is declined by
-`unsupported_reason` and runs on the CPU."""
+The built-in heads ship pre-converted, one set per librknnrt release (rknn/builtin.py), chosen by the
+release the runtime reports, and each shipped head is checked on load against the simulator's scores
+recorded for its file; other heads are converted beforehand (`python -m wyoming_oww_rk3588.rknn
+convert`). A head without a usable .rknn is declined by `unsupported_reason` and runs on the CPU."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .. import addon
 from ..errors import BackendFailed, BackendUnavailable
 from ..models.registry import ModelInfo
 from ..rknn import builtin, cache
+from ..rknn.check import NPU_TOLERANCE
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -30,7 +32,10 @@ CORE_MASKS = {
 LIBRKNNRT = "usr/lib/librknnrt.so"  # RKNNLite loads it from this path (relative to the root)
 #: Rockchip's runtime warns below this rknpu driver; docs/npu.md recommends 0.9.6 or newer.
 MIN_DRIVER = (0, 8, 8)
-_DRIVER_VERSION_FILES = ("sys/kernel/debug/rknpu/version", "proc/debug/rknpu/version")
+# /sys/module/rknpu/version is world-readable where rknpu is a module with MODULE_VERSION; debugfs
+# is root-only (and absent in containers).
+_DRIVER_VERSION_FILES = ("sys/module/rknpu/version", "sys/kernel/debug/rknpu/version", "proc/debug/rknpu/version")
+_LIBRKNNRT_VERSION = re.compile(rb"librknnrt version: ([^\x00\n]{1,120})")
 # Home Assistant maps the device tree of an add-on with `devicetree: true` at /device-tree.
 _COMPATIBLE_FILES = ("proc/device-tree/compatible", "device-tree/compatible")
 _CONVERT = "python -m wyoming_oww_rk3588.rknn convert --all --out {dir}"
@@ -104,10 +109,10 @@ def probe_board(root: Path = Path("/"), machine: str | None = None, in_addon: bo
         board = compatible.replace(b"\0", b" ").decode(errors="replace").strip()
         raise BackendUnavailable(f"this board ({board}) is not an RK3588; the NPU heads need one")
     if not (root / LIBRKNNRT).is_file():
-        source = "rknn-toolkit2 2.5.0's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so"
+        source = f"librknnrt.so {builtin.PUBLISHED_RUNTIME} ({builtin.RUNTIME_URL.format(version=builtin.PUBLISHED_RUNTIME)})"
         raise BackendUnavailable(
             f"/{LIBRKNNRT} is missing; " + (f"copy {source} to {addon.VENDOR_DIR}/ and restart the add-on"
-                                            if in_addon else f"copy {source} there (docs/npu.md)")
+                                            if in_addon else f"copy {source} to /usr/lib/ (docs/npu.md)")
         )
     node = _npu_device(root)
     if node is None:
@@ -124,13 +129,65 @@ def probe_board(root: Path = Path("/"), machine: str | None = None, in_addon: bo
         )
 
 
+def librknnrt_version(path: Path) -> str | None:
+    """The `librknnrt version: ...` string Rockchip builds into the library (read, not loaded)."""
+    try:
+        match = _LIBRKNNRT_VERSION.search(Path(path).read_bytes())
+    except OSError:
+        return None
+    return match.group(1).decode(errors="replace").strip() if match else None
+
+
+def parse_sdk_version(reported) -> tuple[str | None, str | None]:
+    """(librknnrt, driver) from what RKNNLite.get_sdk_version() returns after init_runtime: its
+    `RKNN VERSION:` block, "  API: 2.3.2 (429f97ae6b@...)" and "  DRV: 0.9.8" lines (the strings of
+    rknn-toolkit-lite2 2.3.2 and 2.5.0's rknn_runtime; RKNN_QUERY_SDK_VERSION's api/drv fields)."""
+    if reported is None:
+        return None, None
+    if isinstance(reported, (tuple, list)):  # (api, drv) or (sdk, api, drv), as the runtime's query gives
+        items = [str(x).strip() for x in reported]
+        if len(items) >= 2 and builtin.release(items[-2]) and builtin.release(items[-1]):
+            return items[-2], items[-1]
+    text = "\n".join(map(str, reported)) if isinstance(reported, (tuple, list)) else str(reported)
+    api = re.search(r"API:\s*([^\n]+)", text) or re.search(r"librknnrt version:\s*([^\n]+)", text)
+    drv = re.search(r"DRV:\s*(?:rknnrt:\s*)?([^\n]+)", text)
+    api_text = api.group(1).strip() if api else (text.strip() if builtin.release(text) else None)
+    return api_text, drv.group(1).strip() if drv else None
+
+
+@dataclass
+class RuntimeInfo:
+    """What the NPU runtime is, as RKNNLite reports it after init_runtime, and the set it loads."""
+
+    librknnrt: str | None  # e.g. "2.3.2 (429f97ae6b@2025-04-09T09:09:27)"; None: not learned
+    driver: str | None  # rknpu driver version, as the runtime reports it
+    source: str  # where the version came from
+    head_set: str | None  # the shipped set of built-in heads this runtime loads
+
+    @property
+    def release(self) -> builtin.Release | None:
+        return builtin.release(self.librknnrt)
+
+    def describe(self) -> str:
+        runtime = f"librknnrt {self.librknnrt} ({self.source})" if self.librknnrt else "librknnrt of unknown release"
+        return f"{runtime}, rknpu driver {self.driver or 'not reported'}"
+
+    def no_set_reason(self) -> str:
+        """One line: why no shipped set loads here and what to install."""
+        shipped = ", ".join(builtin.sets()) or "none"
+        if self.release is None:
+            what = "its release could not be learned (no shipped head file initialised)"
+        else:
+            what = f"it is older than every shipped head set ({shipped})"
+        return f"{self.describe()}: {what}; {builtin.install_hint()}"
+
+
 @dataclass
 class _Head:
     runtime: object
     batch: int
     window: int
     n_outputs: int
-    data_format: str
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -140,9 +197,11 @@ class RknnHeads:
     name = "rknn"
 
     def __init__(self, cache_dir: Path | str | None = None, core_mask: str = "auto", runtime_factory=None,
-                 batch: int | None = None) -> None:
+                 batch: int | None = None, library: Path | None = None) -> None:
         """`runtime_factory` makes RKNNLite-like objects (default: the real class, which needs
-        the board); `batch` picks converted files of that batch when several are cached."""
+        the board); `batch` picks converted files of that batch when several are cached;
+        `library` is the librknnrt.so whose built-in version string is the fallback when no
+        shipped file initialises (default /usr/lib/librknnrt.so with the real runtime)."""
         core_mask = str(core_mask)
         if core_mask not in CORE_MASKS:
             raise ValueError(f"unknown NPU core mask {core_mask!r}; use one of {', '.join(CORE_MASKS)}")
@@ -156,22 +215,78 @@ class RknnHeads:
                 ) from err
             _point_runtime_at_mapped_device_tree()
             runtime_factory = RKNNLite
+            library = library or Path("/") / LIBRKNNRT
         self._factory = runtime_factory
+        self._library = library
         self.core_mask = core_mask
         self.cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir()
         self.batch = batch
         self._heads: dict[str, _Head] = {}
         self._lock = threading.Lock()
+        self._runtime_info: RuntimeInfo | None = None
+
+    # -- which runtime, which set -------------------------------------------------------------
+
+    def runtime_info(self) -> RuntimeInfo:
+        """The runtime's release and driver as RKNNLite reports them, learned once. RKNNLite reports
+        them only from an initialised context, and a context needs a model: so one shipped head is
+        initialised and released, oldest set first (an older file is the likeliest to load)."""
+        if self._runtime_info is None:
+            librknnrt = driver = None
+            source = "reported by RKNNLite"
+            for version in builtin.sets():
+                pins = builtin.head_pins(version)
+                if not pins:
+                    continue
+                librknnrt, driver = self._reported_versions(builtin.BUILTIN_DIR / min(pins.values(), key=lambda p: p["file"])["file"])
+                if librknnrt:
+                    break
+            if librknnrt is None and self._library is not None:
+                librknnrt, source = librknnrt_version(self._library), f"read from {self._library}"
+            head_set = builtin.set_for(builtin.release(librknnrt))
+            self._runtime_info = RuntimeInfo(librknnrt, driver, source, head_set)
+            _LOGGER.info("NPU runtime: %s; built-in heads from set %s", self._runtime_info.describe(),
+                         head_set or "none")
+        return self._runtime_info
+
+    def _reported_versions(self, rknn_path: Path) -> tuple[str | None, str | None]:
+        try:
+            runtime = self._factory()
+        except Exception as err:  # noqa: BLE001 - a factory that cannot make a context
+            _LOGGER.debug("RKNNLite() failed: %s", err)
+            return None, None
+        try:
+            if runtime.load_rknn(str(rknn_path)) != 0:
+                return None, None
+            if runtime.init_runtime(core_mask=getattr(runtime, CORE_MASKS[self.core_mask])) != 0:
+                return None, None
+            return parse_sdk_version(runtime.get_sdk_version())
+        except Exception as err:  # noqa: BLE001 - a runtime that cannot take this file says nothing
+            _LOGGER.debug("NPU runtime probe with %s failed: %s", rknn_path.name, err)
+            return None, None
+        finally:
+            self._release_runtime(runtime)
 
     def _find(self, model: ModelInfo) -> tuple[tuple[Path, dict] | None, str | None]:
         """(entry, None) for a usable .rknn, else (what was found, why it cannot be used). The user's
-        cache comes first (their own conversion, say for another runtime release), then the file
-        shipped for a built-in head; if neither is usable, the cache's reason (else the shipped file's)."""
-        found = cache.find_entry(self.cache_dir, model, batch=self.batch)
+        cache comes first (their own conversion), if the runtime can load it, then the shipped set
+        for this runtime; if neither is usable, the cache's reason (else the shipped file's)."""
+        info = self.runtime_info()
+        found = cache.find_entry(self.cache_dir, model, batch=self.batch, max_toolkit=info.release)
         problem = self._problem(model, found)
+        if found is None:
+            newer = cache.find_entry(self.cache_dir, model, batch=self.batch)
+            if newer is not None and newer[1].get("status") == "ok":
+                problem = (f"{newer[0].name} was converted with rknn-toolkit2 {newer[1].get('toolkit')}, newer than "
+                           f"{info.describe()}; convert it with rknn-toolkit2 {info.head_set or builtin.PUBLISHED_RUNTIME} "
+                           f"(--toolkit-python) or install librknnrt {newer[1].get('toolkit')}")
         if problem is None:
             return found, None
-        shipped = builtin.find(model, self.batch)
+        if not model.builtin:
+            return found, problem
+        if info.head_set is None:
+            return found, f"{problem}; shipped heads: {info.no_set_reason()}"
+        shipped = builtin.find(model, info.head_set, self.batch)
         if shipped is None:
             return found, problem
         shipped_problem = self._problem(model, shipped)
@@ -202,6 +317,8 @@ class RknnHeads:
                     f"to {self.cache_dir}")
         return f"run `{_CONVERT.format(dir=self.cache_dir)}{flag}`"
 
+    # -- loading, checking, running -----------------------------------------------------------
+
     def unsupported_reason(self, model: ModelInfo) -> str | None:
         return None if model.name in self._heads else self._find(model)[1]
 
@@ -214,16 +331,36 @@ class RknnHeads:
                 raise BackendUnavailable(reason)
             json_path, entry = found
             head = _Head(self._open(model, json_path.with_name(entry["rknn_file"]), entry),
-                         entry["batch"], entry["window"], entry["n_outputs"], entry["data_format"])
+                         entry["batch"], entry["window"], entry["n_outputs"])
             try:
-                # Warm-up: the first call pays the runtime's setup, and proves the NPU answers.
-                self._run(model, head, np.zeros((1, head.window, 96), np.float32))
-            except BackendFailed as err:
+                checked = self._verify(model, head, json_path, entry)
+            except BackendUnavailable:
                 self._release(head)
-                raise BackendUnavailable(f"the NPU does not run {model.name}: {err}") from err
+                raise
             self._heads[model.name] = head
-            _LOGGER.info("Model %s on the NPU (%s, batch %d, cores %s)",
-                         model.name, entry["rknn_file"], head.batch, self.core_mask)
+            _LOGGER.info("Model %s on the NPU (%s, toolkit %s, batch %d, cores %s%s)", model.name,
+                         entry["rknn_file"], entry.get("toolkit"), head.batch, self.core_mask, checked)
+
+    def _verify(self, model: ModelInfo, head: _Head, json_path: Path, entry: dict) -> str:
+        """Run a shipped head on its recorded inputs and compare with the simulator's scores for
+        that very file: the only accuracy check that runs on the chip itself. Other files get a
+        warm-up call of zeros (it pays the runtime's first-call setup and proves the NPU answers)."""
+        shipped_set = json_path.parent.name if json_path.parent.parent == builtin.BUILTIN_RKNN_DIR else None
+        recorded = builtin.verification(shipped_set, model.name) if shipped_set else None
+        windows = recorded.windows if recorded else np.zeros((1, head.window, 96), np.float32)
+        try:
+            scores = self._run(model, head, windows)
+        except BackendFailed as err:
+            raise BackendUnavailable(f"the NPU does not run {model.name}: {err}") from err
+        if recorded is None:
+            return ""
+        error = float(np.abs(scores.astype(np.float64) - recorded.scores).max())
+        if not error <= NPU_TOLERANCE:  # NaN fails too
+            raise BackendUnavailable(
+                f"{model.name} on the NPU ({self.runtime_info().describe()}) differs from rknn-toolkit2 "
+                f"{entry.get('toolkit')}'s simulator by {error:.2g} (> {NPU_TOLERANCE}) on its recorded inputs; "
+                "it runs on the CPU (please report it with `python -m wyoming_oww_rk3588 doctor`)")
+        return f", checked on load: {error:.1e} from the simulator"
 
     def _open(self, model: ModelInfo, rknn_path: Path, entry: dict):
         runtime = self._factory()
@@ -237,9 +374,9 @@ class RknnHeads:
             ret = runtime.init_runtime(core_mask=getattr(runtime, CORE_MASKS[self.core_mask]))
             if ret != 0:
                 raise BackendUnavailable(
-                    f"RKNNLite.init_runtime(cores {self.core_mask}) returned {ret} for {model.name}: NPU busy, "
-                    f"or librknnrt.so / the rknpu driver older than rknn-toolkit2 {entry.get('toolkit')} "
-                    "(see RKNN's log lines above and docs/npu.md)"
+                    f"RKNNLite.init_runtime(cores {self.core_mask}) returned {ret} for {model.name} "
+                    f"(rknn-toolkit2 {entry.get('toolkit')}'s file on {self.runtime_info().describe()}): NPU busy, "
+                    "or a runtime older than the file (see RKNN's log lines above and docs/npu.md)"
                 )
         except BackendUnavailable:
             self._release_runtime(runtime)
@@ -260,7 +397,9 @@ class RknnHeads:
                 chunk[: len(part)] = part
                 chunk[len(part) :] = 0.0  # padding rows: scored, then dropped
                 try:
-                    result = head.runtime.inference(inputs=[chunk], data_format=head.data_format)
+                    # No data_format: lite2 documents it for 4-D inputs only, and one release
+                    # raised KeyError on "nchw" for this 3-D input (rknn/convert.py, DATA_FORMAT).
+                    result = head.runtime.inference(inputs=[chunk])
                 except Exception as err:  # noqa: BLE001 - any runtime error is a failed call
                     raise BackendFailed(f"RKNNLite.inference raised {err!r} on {model.name}") from err
                 if not result or result[0] is None or np.size(result[0]) != head.batch * head.n_outputs:

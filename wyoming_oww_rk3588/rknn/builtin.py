@@ -1,35 +1,112 @@
-"""The built-in heads, pre-converted for the RK3588 NPU and shipped in the package, so a board with
-the NPU runtime runs them with no conversion step. `scripts/convert_builtin_rknn.py` makes them in
-the converter's cache format (models/builtin/rknn/) and pins each in models/builtin/manifest.json
-(section "rknn": the .rknn's sha256, the toolkit, the source model's sha256, the simulator check).
+"""The built-in heads, pre-converted for the RK3588 NPU and shipped in the package: one set per
+librknnrt release (an older runtime rejects a newer toolkit's files, "Invalid RKNN model version"),
+each made and simulator-checked by that release's rknn-toolkit2 (`scripts/convert_builtin_rknn.py`)
+in models/builtin/rknn/<release>/, with the recorded inputs and simulator scores the backend checks
+each head against on load (verify.npz), all pinned in models/builtin/manifest.json's "rknn" section.
 Users' own heads are converted into their cache as before."""
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..models.registry import BUILTIN_DIR, ModelInfo, load_manifest
+import numpy as np
+
+from ..models.registry import BUILTIN_DIR, ModelInfo, load_manifest, sha256_of
 from . import cache
 
 BUILTIN_RKNN_DIR = BUILTIN_DIR / "rknn"
-#: The rknn-toolkit2 release the shipped files come from (.ci/install-rknn.sh installs the same);
-#: a board needs librknnrt.so of this release or newer.
+VERIFY_FILE = "verify.npz"
+#: The rknn-toolkit2 release `.ci/install-rknn.sh` installs by default (.venv-rknn); the other
+#: sets' toolkits go into .venv-rknn-<release> (`.ci/install-rknn.sh <release>`).
 TOOLKIT_VERSION = "2.5.0"
+#: Where users get a runtime: airockchip/rknn-toolkit2 publishes librknnrt.so up to v2.3.2.
+RUNTIME_URL = ("https://github.com/airockchip/rknn-toolkit2/raw/v{version}/"
+               "rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so")
+PUBLISHED_RUNTIME = "2.3.2"
+_RELEASE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+Release = tuple[int, int, int]
 
 
-def pins() -> dict[str, dict]:
-    """Head name -> its shipped .rknn's pin from the manifest."""
-    return load_manifest().get("rknn", {})
+def release(text: str | None) -> Release | None:
+    """The first x.y.z in `text` ("2.3.2 (429f97ae6b@2025-04-09T09:09:27)" -> (2, 3, 2))."""
+    match = _RELEASE.search(text or "")
+    return tuple(int(p) for p in match.groups()) if match else None
 
 
-def find(model: ModelInfo, batch: int | None = None) -> tuple[Path, dict] | None:
-    """The shipped cache entry for a built-in head, only if it was made from this very model file
-    (an edited model has none: its file is stale) and its entry names the pinned .rknn."""
-    pin = pins().get(model.name) if model.builtin else None
+def dotted(version: Release) -> str:
+    return ".".join(map(str, version))
+
+
+def sets() -> dict[str, dict]:
+    """Release -> {"verify": pin of verify.npz, head name: pin of its .rknn}, oldest first."""
+    found = load_manifest().get("rknn", {})
+    return {v: found[v] for v in sorted(found, key=lambda v: release(v) or (0, 0, 0))}
+
+
+def head_pins(version: str) -> dict[str, dict]:
+    """Head name -> its pin in set `version`."""
+    return {name: pin for name, pin in sets().get(version, {}).items() if name != "verify"}
+
+
+def set_for(runtime: Release | None) -> str | None:
+    """The set a runtime of release `runtime` loads: its own, else the newest older one; None if
+    every set is newer (or the release is unknown)."""
+    if runtime is None:
+        return None
+    usable = [v for v in sets() if release(v) <= runtime]
+    exact = [v for v in usable if release(v) == runtime]
+    return (exact or usable or [None])[-1]
+
+
+def install_hint() -> str:
+    """What to install when no set fits: the shipped releases and where the published one is."""
+    return (f"install librknnrt {' or '.join(sets()) or PUBLISHED_RUNTIME} (e.g. "
+            f"{RUNTIME_URL.format(version=PUBLISHED_RUNTIME)} as /usr/lib/librknnrt.so, docs/npu.md)")
+
+
+def find(model: ModelInfo, version: str, batch: int | None = None) -> tuple[Path, dict] | None:
+    """Set `version`'s cache entry for a built-in head, only if it was made from this very model
+    file (an edited model has none: its file is stale) and its entry names the pinned .rknn."""
+    pin = head_pins(version).get(model.name) if model.builtin else None
     if pin is None or pin["source_sha256"] != model.sha256 or batch not in (None, pin["batch"]):
         return None
-    found = cache.find_entry(BUILTIN_RKNN_DIR, model, batch=pin["batch"])
+    found = cache.find_entry(BUILTIN_RKNN_DIR / version, model, batch=pin["batch"])
     if found is None or (found[1].get("rknn_file"), found[1].get("rknn_sha256")) != (Path(pin["file"]).name,
                                                                                       pin["sha256"]):
         return None
     return found
+
+
+@dataclass
+class Verification:
+    """Recorded inputs of one head ([R, window, 96]) and the simulator's scores for them ([R, n])."""
+
+    windows: np.ndarray
+    scores: np.ndarray
+
+
+def verification(version: str, name: str) -> Verification | None:
+    """What the backend runs a shipped head on at load; None when the set has no (intact) file."""
+    pin = sets().get(version, {}).get("verify")
+    path = BUILTIN_DIR / pin["file"] if pin else None
+    if path is None or not path.is_file() or sha256_of(path) != pin["sha256"]:
+        return None
+    return read_verification(path, name)
+
+
+def read_verification(path: Path, name: str) -> Verification | None:
+    """Head `name`'s rows of a verify file (record_fixture's format: windows by start row)."""
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        if name not in meta["models"]:
+            return None
+        window = meta["models"][name]["window"]
+        embeddings = data["embeddings"]
+        windows = np.stack([embeddings[s : s + window] for s in data[f"{name}.starts"]])
+        zero = np.zeros((1, window, embeddings.shape[1]), np.float32)
+        return Verification(np.concatenate([windows, zero]),
+                            np.concatenate([data[f"{name}.scores"], data[f"{name}.zero"][None]]))

@@ -22,8 +22,8 @@ PLATFORM = "rk3588"
 #: Rows per NPU call. One call per head covers a house full of satellites (<= 32 streams);
 #: padding is cheap next to the per-call overhead (see docs/npu.md), and 256 streams take 8 calls.
 DEFAULT_BATCH = 32
-#: Bump when the graph preparation changes, so old files are not reused.
-RECIPE = 1
+#: Bump when the graph preparation changes, so old files are not reused (2: Gemm as MatMul + Add).
+RECIPE = 2
 ENTRY_FORMAT = 1
 CACHE_ENV = "WYOMING_OWW_RKNN_CACHE"
 
@@ -95,23 +95,28 @@ def rknn_problem(json_path: Path, entry: dict) -> str | None:
     return None
 
 
+def toolkit_release(entry: dict) -> tuple[int, ...]:
+    return tuple(int(p) if p.isdigit() else 0 for p in str(entry.get("toolkit", "")).split("."))
+
+
 def find_entry(cache_dir: Path, model: ModelInfo, platform: str = PLATFORM,
-               batch: int | None = None) -> tuple[Path, dict] | None:
-    """The best entry for `model` (same source sha256, platform and, if given, batch): a
-    converted one first, then the newest toolkit and file; None if never converted."""
+               batch: int | None = None, max_toolkit: tuple[int, ...] | None = None) -> tuple[Path, dict] | None:
+    """The best entry for `model` (same source sha256, platform and, if given, batch; with
+    `max_toolkit`, only files a runtime of that release loads: toolkit not newer): a converted
+    one first, then the newest toolkit and file; None if never converted."""
     found = []
     for json_path in sorted(Path(cache_dir).glob("*.json")):
         entry = read_entry(json_path)
         if (entry and entry.get("source_sha256") == model.sha256 and entry.get("platform") == platform
-                and batch in (None, entry.get("batch"))):
+                and batch in (None, entry.get("batch"))
+                and (max_toolkit is None or toolkit_release(entry) <= tuple(max_toolkit))):
             found.append((json_path, entry))
     if not found:
         return None
 
     def rank(item):
         entry = item[1]
-        version = tuple(int(p) if p.isdigit() else 0 for p in str(entry.get("toolkit", "")).split("."))
-        return (entry.get("status") == "ok", version, entry.get("created", ""))
+        return (entry.get("status") == "ok", toolkit_release(entry), entry.get("created", ""))
 
     return max(found, key=rank)
 

@@ -157,10 +157,22 @@ def compare(model: ModelInfo, rows: CheckRows, npu: np.ndarray, cpu: np.ndarray)
     )
 
 
-def record_fixture(path: Path, clips: ClipFeatures, checked: list[tuple[ModelInfo, np.ndarray]], meta: dict) -> None:
+def verification_rows(model: ModelInfo, scores: np.ndarray, rows: int) -> np.ndarray:
+    """`rows` indices of a head's real check rows for the on-load check: its highest scores (where
+    a detection is decided) and rows spread evenly over the rest, in order."""
+    peak = scores[:, list(model.label_columns)].max(axis=1)
+    top = np.argsort(-peak, kind="stable")[: rows // 4]
+    rest = np.setdiff1d(np.arange(len(scores)), top)
+    spread = rest[np.linspace(0, len(rest) - 1, rows - len(top)).round().astype(int)]
+    return np.unique(np.concatenate([top, spread]))
+
+
+def record_fixture(path: Path, clips: ClipFeatures, checked: list[tuple[ModelInfo, np.ndarray]], meta: dict,
+                   rows: int | None = None) -> None:
     """Save each clip's embedding history once (silence, then its steps), and per head the
     simulator's scores at every step (by window start) and on the zero window: the runtime
-    tests' fake answers from this file alone."""
+    tests' fake answers from this file alone. With `rows`, only that many steps per head
+    (`verification_rows`): the small file the backend checks a shipped head with on load."""
     longest = max(model.window for model, _ in checked)
     history = [np.concatenate([np.tile(clips.silence, (longest - 1, 1)), e]) for e in clips.steps.values()]
     offsets = np.cumsum([0] + [len(h) for h in history])
@@ -169,8 +181,10 @@ def record_fixture(path: Path, clips: ClipFeatures, checked: list[tuple[ModelInf
     for model, scores in checked:
         skip = longest - model.window  # silence rows this head's first window does not reach
         starts = np.concatenate([offsets[i] + skip + np.arange(len(e)) for i, e in enumerate(clips.steps.values())])
-        arrays[f"{model.name}.starts"] = starts.astype(np.int32)
-        arrays[f"{model.name}.scores"] = scores[: len(starts)].astype(np.float32)
+        real = scores[: len(starts)]
+        keep = np.arange(len(starts)) if rows is None else verification_rows(model, real, rows)
+        arrays[f"{model.name}.starts"] = starts[keep].astype(np.int32)
+        arrays[f"{model.name}.scores"] = real[keep].astype(np.float32)
         arrays[f"{model.name}.zero"] = scores[-1].astype(np.float32)
         models[model.name] = {"sha256": model.sha256, "window": model.window, "n_outputs": model.n_outputs}
     clip_rows = {stem: [int(offsets[i]), int(offsets[i + 1])] for i, stem in enumerate(clips.steps)}

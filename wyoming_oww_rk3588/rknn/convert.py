@@ -24,9 +24,10 @@ _LOGGER = logging.getLogger(__name__)
 #: The converted graph's output name. Heads like timer name their output with a JSON string
 #: of class names, which the simulator cannot take; labels come from the registry anyway.
 OUTPUT_NAME = "scores"
-#: Heads take 3-D input [batch, window, 96]; the toolkit applies data_format to 4-D inputs only,
-#: and naming one keeps it from warning that it assumed nhwc.
-DATA_FORMAT = "nchw"
+#: Heads take 3-D input [batch, window, 96]. rknn-toolkit-lite2's `inference` documents
+#: data_format for 4-D inputs only (None by default), and one lite2 release raised KeyError on
+#: "nchw" for a 3-D input: so none is passed, here (the simulator) and on the board alike.
+DATA_FORMAT = None
 
 
 def prepare_onnx(model: ModelInfo, batch: int) -> onnx.ModelProto:
@@ -44,8 +45,35 @@ def prepare_onnx(model: ModelInfo, batch: int) -> onnx.ModelProto:
             if name == old:
                 node.output[i] = OUTPUT_NAME
     graph.output[0].name = OUTPUT_NAME
+    _gemm_as_matmul(graph)
     onnx.checker.check_model(prepared)
     return prepared
+
+
+def _gemm_as_matmul(graph: onnx.GraphProto) -> None:
+    """Gemm with constant weights -> MatMul (weights transposed here if transB) + Add.
+    rknn-toolkit2 2.3.2 cannot build a Gemm whose output feeds a LayerNorm pattern (its constant
+    folding fails on okay_nabu: KeyError 'MatMul;add_rs#1'), and builds MatMul + Add; the same
+    products and sums, so 2.5.0 gets the same graph and every set is checked against onnxruntime."""
+    inits = {init.name: init for init in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        simple = (node.op_type == "Gemm" and len(node.input) == 3 and node.input[1] in inits
+                  and node.input[2] in inits and not attrs.get("transA")
+                  and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0)
+        if not simple:
+            nodes.append(node)
+            continue
+        weights = node.input[1]
+        if attrs.get("transB"):
+            array = onnx.numpy_helper.to_array(inits[weights]).T.copy()
+            inits[weights].CopyFrom(onnx.numpy_helper.from_array(array, weights))
+        product = f"{node.output[0]}_matmul"
+        nodes += [onnx.helper.make_node("MatMul", [node.input[0], weights], [product]),
+                  onnx.helper.make_node("Add", [product, node.input[2]], [node.output[0]])]
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 def make_entry(model: ModelInfo, toolkit: str, platform: str, batch: int, **fields) -> dict:

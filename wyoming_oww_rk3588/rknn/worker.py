@@ -58,7 +58,7 @@ def log_problems(log_path: Path, warnings: bool = True) -> list[str]:
     return errors[-3:] or ([line for line in lines if line.startswith("W ")][:2] if warnings else [])
 
 
-def _simulate(rknn, inputs_path: str, outputs_path: str, batch: int, data_format: str) -> None:
+def _simulate(rknn, inputs_path: str, outputs_path: str, batch: int, data_format: str | None) -> None:
     import numpy as np
 
     windows = np.load(inputs_path)["windows"]
@@ -66,7 +66,9 @@ def _simulate(rknn, inputs_path: str, outputs_path: str, batch: int, data_format
         raise ValueError(f"{len(windows)} input rows are not a multiple of the batch {batch}")
     outputs = []
     for start in range(0, len(windows), batch):
-        out = rknn.inference(inputs=[windows[start : start + batch]], data_format=data_format)
+        # The same call as the board's (backends/rknn.py): no data_format for the 3-D input.
+        args = {} if data_format is None else {"data_format": data_format}
+        out = rknn.inference(inputs=[windows[start : start + batch]], **args)
         if out is None:
             raise RuntimeError("inference returned None")
         outputs.append(np.asarray(out[0], np.float32).reshape(batch, -1))
@@ -110,7 +112,7 @@ def run_model(spec: dict, job: dict, log_path: Path, progress=lambda stage: None
                 # No target: the x86 simulator, which only runs a model built in this process.
                 if rknn.init_runtime() != 0:
                     raise RuntimeError("init_runtime (simulator) returned an error")
-                _simulate(rknn, spec["inputs"], spec["outputs"], job["batch"], job["data_format"])
+                _simulate(rknn, spec["inputs"], spec["outputs"], job["batch"], job.get("data_format"))
         return {"status": "ok", "log": str(log_path)}
     except Exception as err:  # noqa: BLE001 - the toolkit raises anything; report it, go on
         detail = "; ".join(log_problems(log_path)) if log_path.exists() else ""
