@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from wyoming_oww_rk3588 import doctor
+from wyoming_oww_rk3588.backends import opencl_device
 
 RUNTIME_VERSION = "2.5.0 (fake0000@2025-06-01T00:00:00)"
 
@@ -53,7 +54,7 @@ def test_real_run_here_reports_missing_gpu_and_npu_with_fixes_and_exits_0(monkey
     monkeypatch.delenv("SUPERVISOR_TOKEN", raising=False)
     code, text = run("--seconds", "0.2")
     assert code == 0, text
-    for topic in ("Mali node", "NPU node", "librknnrt", "Mali GPU"):
+    for topic in ("GPU stack", "NPU node", "librknnrt", "Mali GPU"):
         found = lines(text, topic)
         assert found and all(line.startswith("MISSING") and "fix:" in line for line in found), (topic, found)
     assert "docker run --device /dev/mali0" in text  # standalone: Docker's flag, not the add-on's
@@ -173,7 +174,7 @@ def test_python_m_doctor_dispatches_to_the_doctor():
 def test_drm_version_ioctl_number_is_linuxs_for_64_bit():
     # DRM_IOCTL_VERSION as libdrm defines it on 64-bit Linux: _IOWR('d', 0x00, struct drm_version).
     if sys.maxsize > 2**32:
-        assert doctor._DRM_IOCTL_VERSION == 0xC0406400
+        assert opencl_device._DRM_IOCTL_VERSION == 0xC0406400
 
 
 def test_drm_driver_of_a_node_that_is_no_drm_device_falls_back_to_sysfs(tmp_path):
@@ -239,3 +240,117 @@ def test_the_doctor_run_in_the_add_on_gives_no_docker_advice(tmp_path, monkeypat
     monkeypatch.setenv("SUPERVISOR_TOKEN", "x")
     code, text = run("--root", str(_broken_board(tmp_path)), "--seconds", "0", "--rknn-cache-dir", str(tmp_path))
     assert code == 0 and "docker" not in text and "apt-get" not in text, text
+
+
+# -- the two GPU stacks: kbase + libmali (vendor kernel), Panthor + Mesa rusticl (mainline kernel) --
+
+def make_files(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def make_mainline_board(root: Path, *, icd: bool = True, passed: bool = True) -> Path:
+    """A fake mainline RK3588: Panthor's render node (in sysfs always, in /dev/dri when passed in),
+    and Debian trixie's mesa-opencl-icd (rusticl and Clover ICDs)."""
+    make_files(root, {"sys/class/drm/renderD128/device/uevent": "DRIVER=panthor\nOF_NAME=gpu\n",
+                      "sys/class/drm/card0/device/uevent": "DRIVER=rockchip-drm\n"})
+    if passed:
+        make_files(root, {"dev/dri/renderD128": ""})
+    if icd:
+        make_files(root, {"etc/OpenCL/vendors/rusticl.icd": "libRusticlOpenCL.so.1\n",
+                          "etc/OpenCL/vendors/mesa.icd": "libMesaOpenCL.so.1\n"})
+    return root
+
+
+def gpu_lines(root: Path, environ: dict | None = None, in_addon: bool = False) -> dict[str, tuple[str, str]]:
+    """topic -> (status, text) of the GPU checks; the OpenCL device lines are this machine's own."""
+    report = doctor.Report(io.StringIO())
+    doctor.check_gpu_nodes(report, root, in_addon)
+    doctor.check_opencl(report, root, in_addon, environ={} if environ is None else environ)
+    got: dict[str, tuple[str, str]] = {}
+    for status, topic, text in report.lines:
+        if topic in got and topic == "OpenCL ICD":  # several ICD lines: keep the worst
+            if got[topic][0] == "MISSING":
+                continue
+        got[topic] = (status, text)
+    return got
+
+
+def test_vendor_stack_complete_names_kbase_and_libmali(tmp_path):
+    got = gpu_lines(make_board(tmp_path))
+    assert got["GPU stack"] == ("OK", "vendor kernel: kbase (/dev/mali0), for Arm's libmali OpenCL")
+    assert got["Mali node"][0] == "OK" and got["OpenCL ICD"][0] == "OK"
+    assert "Panthor node" not in got and "RUSTICL_ENABLE" not in got
+    # Only the device list is this machine's (no Mali here): its fix is the vendor stack's.
+    assert got["Mali GPU"][0] == "MISSING" and "libmali" in got["Mali GPU"][1] and "Mali node line" in got["Mali GPU"][1]
+
+
+def test_panthor_with_rusticl_complete_names_the_mainline_stack(tmp_path):
+    got = gpu_lines(make_mainline_board(tmp_path), {"RUSTICL_ENABLE": "panfrost"})
+    assert got["GPU stack"] == ("OK", "mainline kernel: Panthor (/dev/dri/renderD128), for Mesa's rusticl OpenCL")
+    assert got["Panthor node"] == ("OK", "/dev/dri/renderD128 (panthor) opens")
+    assert got["RUSTICL_ENABLE"] == ("OK", "panfrost")
+    assert got["OpenCL ICD"][0] == "OK"
+    assert "Mali node" not in got, "no kbase advice on a mainline kernel"
+    missing = {topic for topic, (status, _) in got.items() if status in ("MISSING", "WARN")}
+    assert missing <= {"Mali GPU"}, got  # the device list is this machine's
+    assert "mesa-opencl-icd" in got["Mali GPU"][1] and "Panthor node line" in got["Mali GPU"][1]
+
+
+def test_panthor_without_rusticls_icd_says_to_run_the_mainline_image_or_install_trixies_mesa(tmp_path):
+    got = gpu_lines(make_mainline_board(tmp_path, icd=False), {"RUSTICL_ENABLE": "panfrost"})
+    status, text = got["OpenCL ICD"]
+    assert status == "MISSING" and "no Mesa rusticl ICD" in text
+    assert "fix: run the mainline image" in text and "mesa-opencl-icd from Debian trixie" in text
+    assert "libmali" not in text.split("fix:")[1]
+
+
+def test_panthor_without_rusticl_enable_says_to_set_it(tmp_path):
+    got = gpu_lines(make_mainline_board(tmp_path), {})
+    status, text = got["RUSTICL_ENABLE"]
+    assert status == "WARN" and "not set" in text and "Mesa before 26.2" in text
+    assert text.endswith("fix: set RUSTICL_ENABLE=panfrost (docker run -e RUSTICL_ENABLE=panfrost)")
+    status, text = gpu_lines(make_mainline_board(tmp_path), {"RUSTICL_ENABLE": "llvmpipe"})["RUSTICL_ENABLE"]
+    assert status == "MISSING" and "'llvmpipe' does not list panfrost" in text and "fix: set RUSTICL_ENABLE=panfrost" in text
+
+
+def test_panthor_on_the_host_but_not_passed_in_asks_for_the_render_node(tmp_path):
+    got = gpu_lines(make_mainline_board(tmp_path, passed=False), {"RUSTICL_ENABLE": "panfrost"})
+    assert got["GPU stack"][0] == "OK"
+    status, text = got["Panthor node"]
+    assert status == "MISSING" and "the host has /dev/dri/renderD128" in text
+    assert text.endswith("fix: docker run --device /dev/dri/renderD128")
+
+
+def test_no_gpu_driver_names_both_stacks_and_their_device_lines(tmp_path):
+    got = gpu_lines(make_files(tmp_path, {"sys/class/drm/card0/device/uevent": "DRIVER=virtio_gpu\n"}))
+    status, text = got["GPU stack"]
+    assert status == "MISSING" and "/dev/mali0" in text and "Panthor" in text
+    assert "docker run --device /dev/mali0 or --device /dev/dri/renderD128" in text
+    assert "Mali node" not in got and "Panthor node" not in got and "RUSTICL_ENABLE" not in got
+    assert got["Mali GPU"][0] == "MISSING" and "GPU stack line" in got["Mali GPU"][1]
+
+
+def test_in_the_add_on_a_mainline_kernel_is_told_to_use_the_mainline_image(tmp_path):
+    got = gpu_lines(make_mainline_board(tmp_path, icd=False), {}, in_addon=True)
+    text = "\n".join(f"{topic}: {text}" for topic, (status, text) in got.items() if status != "OK")
+    assert "mainline image" in text and "docker" not in text and "apt-get" not in text, text
+
+
+def test_the_kbase_node_missing_in_a_container_is_asked_for(tmp_path):
+    root = make_board(tmp_path)
+    (root / "dev/mali0").unlink()  # the kernel has kbase (sysfs), the container did not get the node
+    got = gpu_lines(root)
+    assert got["GPU stack"][0] == "OK" and got["Mali node"][0] == "MISSING"
+    assert got["Mali node"][1].endswith("fix: docker run --device /dev/mali0")
+
+
+def test_gpu_stack_tells_the_two_stacks_apart_by_kernel_driver(tmp_path):
+    root = make_mainline_board(tmp_path)
+    stack = opencl_device.gpu_stack(root)
+    assert stack.name == "mainline" and stack.panthor == stack.panthor_passed == ("renderD128",)
+    assert stack.rusticl_icd and not stack.mali_icd
+    assert opencl_device.gpu_stack(make_board(tmp_path / "vendor")).name == "vendor"
+    assert opencl_device.gpu_stack(tmp_path / "nothing").name is None

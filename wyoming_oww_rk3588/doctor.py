@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import fcntl
 import importlib.metadata
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, addon
+from .backends.opencl_device import drm_driver, gpu_stack
 
 _RESTART = "restart the add-on"
 PACKAGES = {  # distribution -> (what it is for, the extra that installs it)
@@ -54,16 +54,6 @@ class Report:
             self.add("WARN", topic, f"check failed unexpectedly ({type(err).__name__}: {err}); please report it")
 
 
-class _DrmVersion(ctypes.Structure):
-    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
-                ("name_len", ctypes.c_size_t), ("name", ctypes.c_void_p),
-                ("date_len", ctypes.c_size_t), ("date", ctypes.c_void_p),
-                ("desc_len", ctypes.c_size_t), ("desc", ctypes.c_void_p)]
-
-
-_DRM_IOCTL_VERSION = (3 << 30) | (ctypes.sizeof(_DrmVersion) << 16) | (ord("d") << 8)  # _IOWR('d', 0, ...)
-
-
 def open_error(path: Path) -> str | None:
     """None when the node opens read-write, else why (a container sees every node, may open few)."""
     try:
@@ -71,27 +61,6 @@ def open_error(path: Path) -> str | None:
         return None
     except OSError as err:
         return err.strerror or str(err)
-
-
-def drm_driver(node: Path, root: Path) -> tuple[str, str]:
-    """(driver name, version) of a DRM node: DRM_IOCTL_VERSION when it opens, else sysfs's uevent."""
-    try:
-        fd = os.open(node, os.O_RDWR | os.O_CLOEXEC)
-        try:
-            buffer = ctypes.create_string_buffer(64)
-            version = _DrmVersion(name_len=64, name=ctypes.addressof(buffer))
-            fcntl.ioctl(fd, _DRM_IOCTL_VERSION, version, True)
-            return buffer.value.decode(errors="replace"), f"{version.major}.{version.minor}.{version.patch}"
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-    try:
-        uevent = (root / "sys/class/drm" / node.name / "device/uevent").read_text()
-        match = re.search(r"^DRIVER=(\S+)", uevent, re.M)
-        return (match.group(1) if match else "unknown"), ""
-    except OSError:
-        return "unknown", ""
 
 
 def rknnrt_version(path: Path) -> str | None:
@@ -131,8 +100,73 @@ def _mali_fix(in_addon: bool) -> str:
             "echo /usr/lib/aarch64-linux-gnu/libmali.so.1 > /etc/OpenCL/vendors/mali.icd")
 
 
-def check_opencl(r: Report, root: Path, in_addon: bool) -> None:
-    fix = _mali_fix(in_addon)
+def _rusticl_fix(in_addon: bool) -> str:
+    if in_addon:  # the add-on's image is the vendor stack's (libmali); Mesa's rusticl needs trixie's Mesa
+        return ("the add-on's image carries only the vendor kernel's GPU stack: on a mainline kernel run this "
+                "project's mainline image instead (docs/gpu.md)")
+    return ("run the mainline image (it carries rusticl), or install mesa-opencl-icd from Debian trixie "
+            "(Mesa >= 25.0; bookworm's Mesa has no rusticl)")
+
+
+def _pass_node(node: str, in_addon: bool) -> str:
+    return f"{_RESTART} (Home Assistant maps {node} as the host has it at start)" if in_addon \
+        else f"docker run --device {node}"
+
+
+def check_gpu_nodes(r: Report, root: Path, in_addon: bool) -> None:
+    """Which GPU stack the kernel offers (kbase for libmali, or Panthor for Mesa's rusticl), and
+    whether its node is here and opens."""
+    stack = gpu_stack(root)
+    if stack.name == "vendor":
+        r.add("OK", "GPU stack", "vendor kernel: kbase (/dev/mali0), for Arm's libmali OpenCL")
+    elif stack.name == "mainline":
+        r.add("OK", "GPU stack", f"mainline kernel: Panthor (/dev/dri/{stack.panthor[0]}), for Mesa's rusticl OpenCL")
+    else:
+        r.add("MISSING", "GPU stack", "no Mali-G610 driver: neither kbase's /dev/mali0 (vendor kernel, libmali) "
+              "nor a Panthor render node (mainline kernel 6.10+, Mesa rusticl); fix: boot one of them on an RK3588 "
+              "board" + ("" if in_addon else ", then docker run --device /dev/mali0 or --device /dev/dri/renderD128")
+              + " (docs/gpu.md)")
+    mali = root / "dev/mali0"
+    if stack.name == "vendor" and not stack.mali_node:
+        r.add("MISSING", "Mali node", "the kernel has kbase (/sys/class/misc/mali0) but /dev/mali0 is not here; "
+              f"fix: {_pass_node('/dev/mali0', in_addon)}")
+    elif stack.mali_node and (error := open_error(mali)) is not None:
+        r.add("MISSING", "Mali node", f"/dev/mali0 exists but does not open ({error}); fix: "
+              + _pass_node("/dev/mali0", in_addon))
+    elif stack.mali_node:
+        gpuinfo = root / "sys/class/misc/mali0/device/gpuinfo"
+        detail = gpuinfo.read_text(errors="replace").strip() if gpuinfo.is_file() else "GPU details not exposed"
+        r.add("OK", "Mali node", f"/dev/mali0 opens ({detail})")
+    for name in stack.panthor:
+        node = root / "dev/dri" / name
+        driver, version = drm_driver(node, root)
+        shown = f"/dev/dri/{name} ({driver} {version}".rstrip() + ")"
+        if name not in stack.panthor_passed:
+            r.add("MISSING", "Panthor node", f"the host has {shown} but it is not here; fix: "
+                  + _pass_node(f"/dev/dri/{name}", in_addon))
+        elif (error := open_error(node)) is not None:
+            r.add("MISSING", "Panthor node", f"{shown} does not open ({error}); fix: " + (
+                _pass_node(f"/dev/dri/{name}", in_addon) if in_addon else
+                f"give this user the node's group (render), or in a container docker run --device /dev/dri/{name}"))
+        else:
+            r.add("OK", "Panthor node", f"{shown} opens")
+    for node in sorted((root / "dev/dri").glob("renderD*")):
+        if node.name in stack.panthor:
+            continue
+        driver, version = drm_driver(node, root)
+        error = open_error(node)
+        r.add("OK" if error is None else "WARN", "DRM node", f"/dev/dri/{node.name}: {driver} {version}".rstrip()
+              + (", opens" if error is None else f", does not open ({error})"))
+
+
+def check_opencl(r: Report, root: Path, in_addon: bool, environ=None) -> None:
+    """The OpenCL loader, the ICD the stack needs (libmali's or rusticl's, with RUSTICL_ENABLE), and
+    the devices that answer."""
+    from .backends import opencl_device
+
+    environ = os.environ if environ is None else environ
+    stack = gpu_stack(root)
+    fix = _rusticl_fix(in_addon) if stack.name == "mainline" else _mali_fix(in_addon)
     try:
         ctypes.CDLL("libOpenCL.so.1")
         r.add("OK", "OpenCL loader", "libOpenCL.so.1 loads")
@@ -140,23 +174,38 @@ def check_opencl(r: Report, root: Path, in_addon: bool) -> None:
         r.add("MISSING", "OpenCL loader", f"libOpenCL.so.1 does not load ({err}); fix: " + (
             "update or reinstall the add-on (its aarch64 image has the loader)" if in_addon
             else "apt-get install ocl-icd-libopencl1"))
-    icds = {i.name: i.read_text(errors="replace").strip() for i in sorted((root / "etc/OpenCL/vendors").glob("*.icd"))}
-    for name, library in icds.items():
+    for name, library in stack.icds.items():
         if library.startswith("/") and not (root / library.lstrip("/")).exists():
-            r.add("MISSING", "OpenCL ICD", f"{name} names {library}, which does not exist; fix: {fix}")
+            which = _rusticl_fix(in_addon) if "rusticl" in f"{name} {library}".lower() else _mali_fix(in_addon)
+            r.add("MISSING", "OpenCL ICD", f"{name} names {library}, which does not exist; fix: {which}")
         else:
             r.add("OK", "OpenCL ICD", f"{name} -> {library}")
-    if not any("mali" in f"{name} {library}".lower() for name, library in icds.items()):
+    if stack.name == "mainline":
+        if not stack.rusticl_icd:
+            r.add("MISSING", "OpenCL ICD", "no Mesa rusticl ICD (rusticl.icd) in /etc/OpenCL/vendors: Panthor's "
+                  f"OpenCL is Mesa's rusticl (libmali needs the vendor kernel); fix: {fix}")
+        # The user's value, not the one the backend sets for itself when it is unset.
+        value = None if opencl_device.rusticl_set_here() else environ.get("RUSTICL_ENABLE")
+        set_it = "" if in_addon else " (docker run -e RUSTICL_ENABLE=panfrost)"
+        if value is None:
+            r.add("WARN", "RUSTICL_ENABLE", "not set: Mesa before 26.2 lists the Mali-G610 only with "
+                  "RUSTICL_ENABLE=panfrost; this server sets it for itself, other OpenCL programs (clinfo) "
+                  f"need it; fix: set RUSTICL_ENABLE=panfrost{set_it}")
+        elif not opencl_device.rusticl_enabled(value):
+            r.add("MISSING", "RUSTICL_ENABLE", f"{value!r} does not list panfrost, so rusticl leaves the Mali-G610 "
+                  f"out; fix: set RUSTICL_ENABLE=panfrost{set_it}")
+        else:
+            r.add("OK", "RUSTICL_ENABLE", value)
+    elif not stack.mali_icd:
         r.add("MISSING", "OpenCL ICD", f"no libmali ICD in /etc/OpenCL/vendors; fix: {fix}")
-    from .backends.opencl_device import device_info, import_pyopencl
     from .errors import BackendUnavailable
 
     devices = []
     try:
-        cl = import_pyopencl()
+        cl = opencl_device.import_pyopencl()
         for platform_ in cl.get_platforms():
             try:
-                devices += [device_info(d) for d in platform_.get_devices()]
+                devices += [opencl_device.device_info(d) for d in platform_.get_devices()]
             except cl.Error:  # a platform without devices
                 continue
     except BackendUnavailable as err:  # its message says what to install
@@ -166,31 +215,13 @@ def check_opencl(r: Report, root: Path, in_addon: bool) -> None:
     for info in devices:
         r.add("OK", "OpenCL device", f"{info.name} [{info.platform}] {'GPU' if info.is_gpu else 'not a GPU'}, "
               f"{info.version}, {info.compute_units} CUs, fp16 {'yes' if info.fp16 else 'no'}")
-    if any("mali" in info.name.lower() for info in devices):
+    if any("mali" in info.name.lower() and info.is_gpu for info in devices):
         r.add("OK", "Mali GPU", "found among OpenCL devices")
+    elif stack.name is None:
+        r.add("MISSING", "Mali GPU", "not among OpenCL devices; fix: a Mali driver first (see the GPU stack line)")
     else:
-        r.add("MISSING", "Mali GPU", f"not among OpenCL devices; fix: {fix} (and see the Mali node line)")
-
-
-def check_gpu_nodes(r: Report, root: Path, in_addon: bool) -> None:
-    mali = root / "dev/mali0"
-    passthrough = "the add-on passes it through once the host has it" if in_addon else "docker run --device /dev/mali0"
-    if not mali.exists():
-        r.add("MISSING", "Mali node", "no /dev/mali0: the kernel lacks the Rockchip (kbase) Mali driver libmali needs; "
-              f"fix: boot the board's vendor kernel (Rockchip BSP 5.10/6.1); {passthrough}")
-    elif (error := open_error(mali)) is not None:
-        r.add("MISSING", "Mali node", f"/dev/mali0 exists but does not open ({error}); fix: "
-              + (f"{_RESTART} (Home Assistant maps /dev/mali0 as the host has it at start)" if in_addon
-                 else "docker run --device /dev/mali0"))
-    else:
-        gpuinfo = root / "sys/class/misc/mali0/device/gpuinfo"
-        detail = gpuinfo.read_text(errors="replace").strip() if gpuinfo.is_file() else "GPU details not exposed"
-        r.add("OK", "Mali node", f"/dev/mali0 opens ({detail})")
-    for node in sorted((root / "dev/dri").glob("renderD*")):
-        driver, version = drm_driver(node, root)
-        error = open_error(node)
-        r.add("OK" if error is None else "WARN", "DRM node", f"/dev/dri/{node.name}: {driver} {version}".rstrip()
-              + (", opens" if error is None else f", does not open ({error})"))
+        node = "Mali node" if stack.name == "vendor" else "Panthor node"
+        r.add("MISSING", "Mali GPU", f"not among OpenCL devices; fix: {fix} (and see the {node} line)")
 
 
 def _compatible(root: Path) -> tuple[list[str], str | None]:
