@@ -64,9 +64,10 @@ def open_error(path: Path) -> str | None:
 
 
 def rknnrt_version(path: Path) -> str | None:
-    """The `librknnrt version: ...` string Rockchip builds into the library."""
-    match = _RKNNRT_VERSION.search(path.read_bytes())
-    return match.group(1).decode(errors="replace").strip() if match else None
+    """The `librknnrt version: ...` string Rockchip builds into the library (read, not loaded)."""
+    from .backends.rknn import librknnrt_version
+
+    return librknnrt_version(path)
 
 
 def _package_version(dist: str) -> str | None:
@@ -241,9 +242,29 @@ def _npu_nodes(root: Path) -> list[Path]:
     return nodes or ([fallback] if fallback.exists() else [])
 
 
-def check_npu(r: Report, root: Path, machine: str, in_addon: bool) -> None:
-    from .backends.rknn import MIN_DRIVER, driver_version, probe_board
+def _runtime_report(root: Path, machine: str, runtime_factory=None):
+    """What RKNNLite itself reports after init (librknnrt and driver release, the head set they
+    load): a RuntimeInfo, a one-line reason it cannot start, or None where it cannot run (not this
+    machine's own root, not aarch64). `runtime_factory` stands in for RKNNLite in tests."""
+    from .backends.rknn import RknnHeads
     from .errors import BackendUnavailable
+
+    if runtime_factory is None and (root != Path("/") or machine != "aarch64"):
+        return None
+    try:
+        heads = RknnHeads(runtime_factory=runtime_factory, library=root / "usr/lib/librknnrt.so")
+    except BackendUnavailable as err:
+        return str(err)
+    try:
+        return heads.runtime_info()
+    finally:
+        heads.close()
+
+
+def check_npu(r: Report, root: Path, machine: str, in_addon: bool, runtime_factory=None) -> None:
+    from .backends.rknn import MIN_DRIVER, RuntimeInfo, driver_version, probe_board
+    from .errors import BackendUnavailable
+    from .rknn import builtin
 
     compatible, where = _compatible(root)
     if where is None:
@@ -267,33 +288,60 @@ def check_npu(r: Report, root: Path, machine: str, in_addon: bool) -> None:
                 f"{_RESTART} (Home Assistant maps it as the host has it at start)" if in_addon
                 else f"give this user access (the node's group, e.g. render), or in a container pass it in "
                 f"(docker run --device {shown})"))
-    # debugfs (root only, absent in containers) first, else the DRM version of rknpu's render node.
+    report = _runtime_report(root, machine, runtime_factory)
+    reported = report if isinstance(report, RuntimeInfo) else None
+    # Without root: /sys/module/rknpu/version (world-readable where rknpu is a module), then the
+    # DRM version of rknpu's render node, then what the runtime reports; debugfs needs root.
     versions = [v for n in npu if n.name != "rknpu" and (v := drm_driver(n, root)[1])]
-    driver = driver_version(root) or (tuple(int(x) for x in versions[0].split(".")) if versions else None)
+    from_runtime = builtin.release(reported.driver) if reported and reported.driver else None
+    driver = driver_version(root) or (tuple(int(x) for x in versions[0].split(".")) if versions else from_runtime)
     if driver is None:
         where = "in a shell on the host (not in this add-on)" if in_addon else "on the host"
-        r.add("WARN", "rknpu driver", f"version not readable here; {where}: cat /sys/kernel/debug/rknpu/version")
+        r.add("WARN", "rknpu driver", "version not readable without root here (no /sys/module/rknpu/version, the "
+              "render node does not open, the runtime did not report it); "
+              f"{where}, as root: cat /sys/kernel/debug/rknpu/version")
     elif driver < MIN_DRIVER:
         r.add("MISSING", "rknpu driver", f"{'.'.join(map(str, driver))} is older than "
               f"{'.'.join(map(str, MIN_DRIVER))}; fix: update the board's kernel")
     else:
         r.add("OK", "rknpu driver", ".".join(map(str, driver)))
     library, lite = root / "usr/lib/librknnrt.so", _package_version("rknn-toolkit-lite2")
+    source = builtin.RUNTIME_URL.format(version=builtin.PUBLISHED_RUNTIME)
+    version = None
     if not library.is_file():
         r.add("MISSING", "librknnrt", "/usr/lib/librknnrt.so not found; fix: " + (
-            f"copy librknnrt.so to {addon.VENDOR_DIR}/ and {_RESTART}" if in_addon else
-            "copy rknn-toolkit2's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so to /usr/lib/"))
+            f"copy librknnrt.so to {addon.VENDOR_DIR}/ and {_RESTART} (release {builtin.PUBLISHED_RUNTIME}: {source})"
+            if in_addon else "copy rknn-toolkit2's rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so to "
+            f"/usr/lib/ (release {builtin.PUBLISHED_RUNTIME}: {source})"))
     elif (version := rknnrt_version(library)) and lite and version.split(".")[:2] != lite.split(".")[:2]:
-        r.add("WARN", "librknnrt", f"{version} but rknn-toolkit-lite2 {lite}; fix: " + (
-            f"copy librknnrt.so of rknn-toolkit2 {lite} to {addon.VENDOR_DIR}/ and {_RESTART}" if in_addon
-            else "use the runtime of the release of the toolkit that converted the heads"))
+        # Not known to break (the Python wrapper calls the library's C API), but not tried here.
+        r.add("WARN", "librknnrt", f"{version} with rknn-toolkit-lite2 {lite}, another release: untested; if the NPU "
+              f"does not start, fix: install the rknn-toolkit-lite2 of the library's release, or librknnrt {lite}")
     else:
         r.add("OK", "librknnrt", f"/usr/lib/librknnrt.so {version or '(version string not found)'}")
+    runtime = reported.librknnrt if reported and reported.librknnrt else version
+    head_set = builtin.set_for(builtin.release(runtime))
+    if runtime is None:
+        pass  # no library, or no version string in it: said above
+    elif head_set is None:
+        r.add("MISSING", "NPU head set", f"librknnrt {runtime} is older than every shipped set of built-in heads "
+              f"({', '.join(builtin.sets())}): they run on the CPU; fix: {builtin.install_hint()}")
+    else:
+        exact = "" if builtin.release(head_set) == builtin.release(runtime) else f", the newest not newer than {runtime}"
+        r.add("OK", "NPU head set", f"{head_set} (built-in heads converted by rknn-toolkit2 {head_set}{exact}; "
+              "each checked against its simulator scores when loaded)")
     try:
         probe_board(root, machine, in_addon=in_addon)
         r.add("OK", "NPU runtime", "the board checks of the rknn heads backend pass")
     except BackendUnavailable as err:
         r.add("MISSING", "NPU runtime", str(err))
+        return  # RKNNLite cannot start either, for the same reason
+    if reported is not None:
+        r.add("OK" if reported.head_set else "MISSING", "NPU runtime",
+              f"RKNNLite reports {reported.describe()}; " + (f"built-in heads from set {reported.head_set}"
+                                                             if reported.head_set else reported.no_set_reason()))
+    elif isinstance(report, str):
+        r.add("MISSING", "NPU runtime", f"RKNNLite does not start: {report}")
 
 
 @contextmanager
