@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# What building and running the add-on image here takes (tests/test_addon_image.py): Debian's
-# docker.io (the test starts dockerd when none runs), qemu-user-static with binfmt_misc (the
+# What building and running the images here takes (tests/test_image.py): Debian's
+# docker.io (the test starts dockerd when none runs), docker-compose (checks docker-compose.yml), qemu-user-static with binfmt_misc (the
 # aarch64 image's steps under emulation) and mmdebstrap (a stand-in for Home Assistant's base
 # image when ghcr.io cannot be pulled). Only where it can work: root with apt. Idempotent;
 # never fails the setup: without these the image tests skip and say what is missing.
 set -uo pipefail
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-    echo "install-image-tools: needs root and apt-get; the add-on image tests will skip" >&2
+    echo "install-image-tools: needs root and apt-get; the image tests will skip" >&2
     exit 0
 fi
-packages=(docker.io qemu-user-static binfmt-support mmdebstrap arch-test)
+packages=(docker.io docker-compose qemu-user-static binfmt-support mmdebstrap arch-test)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -17,7 +17,7 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             "${missing[@]}" >/dev/null; }; then
-        echo "install-image-tools: apt could not install ${missing[*]}; the add-on image tests will skip" >&2
+        echo "install-image-tools: apt could not install ${missing[*]}; the image tests will skip" >&2
         exit 0
     fi
 fi

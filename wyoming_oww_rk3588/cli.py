@@ -1,4 +1,5 @@
-"""Command line: flags -> a frozen Settings. Bad options fail at start with one line."""
+"""Command line: flags (and their OWW_* environment variables) -> a frozen Settings. Bad options
+fail at start with one line."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ DEFAULT_ZEROCONF_NAME = "openWakeWord-rk3588"
 NPU_CORE_MASKS = ("auto", "0", "1", "2", "0_1", "0_1_2")
 DEFAULT_BATCH_WINDOW_MS = 0  # scheduler.DEFAULT_BATCH_WINDOW_S (a test keeps them equal)
 MAX_BATCH_WINDOW_MS = 1000
+#: Every option is also an environment variable: OWW_ + its name, e.g. OWW_THRESHOLD=0.6.
+ENV_PREFIX = "OWW_"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wyoming-oww-rk3588",
         description="Wyoming wake word server (openWakeWord models; CPU, OpenCL GPU and RK3588 NPU backends). "
         "Subcommand: `doctor` checks this machine's GPU/NPU setup.",
+        epilog="Every option is also an environment variable, OWW_ and its name: OWW_THRESHOLD=0.6, "
+        "OWW_PRELOAD_MODEL=okay_nabu,alexa (comma-separated for a repeatable option), OWW_ZEROCONF=true; "
+        "a flag on the command line wins over its variable.",
     )
     add = parser.add_argument
     add("--uri", type=_uri, default=DEFAULT_URI, help=f"where to listen (default {DEFAULT_URI})")
@@ -192,14 +199,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_settings(argv: list[str] | None = None) -> Settings:
-    args = build_parser().parse_args(argv)
+def env_name(action: argparse.Action) -> str:
+    return ENV_PREFIX + action.dest.upper()
+
+
+def env_args(parser: argparse.ArgumentParser, environ) -> list[str]:
+    """The OWW_* environment variables as flags, for containers with no command line to edit (Docker
+    Compose's `environment:`). They go before the real flags, so a flag given on the command line
+    wins; a repeatable option takes a comma-separated list; a switch takes true/false. A variable
+    that names no option, or a bad value, fails with one line naming the variable."""
+    actions = {env_name(a): a for a in parser._actions
+               if a.option_strings and a.help != argparse.SUPPRESS and a.dest not in ("help", "version")}
+    args: list[str] = []
+    for name in sorted(n for n in environ if n.startswith(ENV_PREFIX)):
+        value, action = environ[name].strip(), actions.get(name)
+        if action is None:
+            parser.error(f"environment variable {name} is not an option; the options are {', '.join(sorted(actions))}")
+        flag = action.option_strings[0]
+        if action.nargs == 0 or action.nargs == "?":  # a switch; --zeroconf may also take a name
+            if value.lower() in _TRUE:
+                args.append(flag)
+            elif value.lower() not in _FALSE:
+                if action.nargs == 0:
+                    parser.error(f"{name}={value!r}: use true or false")
+                args.append(f"{flag}={value}")
+            continue
+        items = [v.strip() for v in value.split(",") if v.strip()] if action.default == [] else [value]
+        for item in items:
+            try:
+                converted = action.type(item) if action.type else item
+            except (argparse.ArgumentTypeError, ValueError) as err:
+                parser.error(f"{name}={item!r}: {err}")
+            if action.choices and converted not in action.choices:
+                parser.error(f"{name}={item!r}: use one of {', '.join(map(str, action.choices))}")
+            args.append(f"{flag}={item}")
+    return args
+
+
+def parse_settings(argv: list[str] | None = None, environ=None) -> Settings:
+    import os
+
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(env_args(parser, os.environ if environ is None else environ) + argv)
     if args.model:
         import logging
 
         logging.getLogger(__name__).warning("--model is deprecated and ignored: every model is served")
     if args.zeroconf is not None and not args.uri.startswith("tcp://"):
-        build_parser().error("--zeroconf needs a tcp:// --uri")
+        parser.error("--zeroconf needs a tcp:// --uri")
     return Settings(
         uri=args.uri,
         custom_model_dirs=tuple(args.custom_model_dir),

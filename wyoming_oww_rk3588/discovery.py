@@ -118,11 +118,29 @@ def _tcp_port(uri: str) -> int:
     return port
 
 
+def local_uri(environ=None) -> str:
+    """Where the server on this machine listens: the server's own OWW_URI (the Docker image's
+    healthcheck runs beside a server configured by environment) with a wildcard host made local,
+    else the default port."""
+    uri = (os.environ if environ is None else environ).get("OWW_URI", "").strip()
+    parsed = urlparse(uri)
+    if parsed.scheme == "unix":
+        return uri
+    try:
+        port = parsed.port if parsed.scheme == "tcp" else None
+    except ValueError:
+        port = None
+    if port is None:
+        return DEFAULT_PROBE_URI
+    host = parsed.hostname if parsed.hostname not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+    return f"tcp://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wyoming_oww_rk3588.discovery", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     probe = commands.add_parser("probe", help="exit 0 when the server answers describe with its wake models")
-    probe.add_argument("--uri", default=DEFAULT_PROBE_URI)
+    probe.add_argument("--uri", default=local_uri(), help="default: $OWW_URI's port on this machine, else 10400")
     probe.add_argument("--timeout", type=float, default=5.0, help="seconds")
     send = commands.add_parser("announce", help="wait for the server, then tell the Supervisor where it is")
     send.add_argument("--uri", default=DEFAULT_PROBE_URI, help="where to probe the server from here")
