@@ -38,7 +38,7 @@ from wyoming_oww_rk3588.rknn import builtin, cache  # noqa: E402
 from wyoming_oww_rk3588.models.registry import sha256_of  # noqa: E402
 from wyoming_oww_rk3588.rknn.check import (  # noqa: E402
     check_rows, clip_features, compare, default_clips_dir, record_fixture, reference_backend)
-from wyoming_oww_rk3588.rknn.convert import Converter  # noqa: E402
+from wyoming_oww_rk3588.rknn.convert import Converter, convert_merged  # noqa: E402
 from wyoming_oww_rk3588.rknn.toolkit import Toolkit, ToolkitError  # noqa: E402
 
 MANIFEST = ROOT / "wyoming_oww_rk3588" / "models" / "builtin" / "manifest.json"
@@ -110,6 +110,23 @@ def main() -> int:
             size = (Path(tmp) / entry["rknn_file"]).stat().st_size
             print(f"{model.name:<12} {size:>9}  {head.max_error_real:>7.1e} {head.max_error_random:>7.1e} "
                   f"{head.zero_error:>7.1e}  {','.join(head.npu_detections) or '-'}")
+        # The same heads in one file: one NPU call per tick for all of them (backends/rknn.py).
+        merged_entry, merged_scores = convert_merged(toolkit, Path(tmp) / "merged", models,
+                                                     {m.name: rows[m.name].all for m in models})
+        merged_checked, merged_worst = [], {}
+        if merged_scores is None:
+            failed.append(f"merged heads: {merged_entry['reason']}")
+        else:
+            for model in models:
+                cpu = reference_backend(model).score(model, rows[model.name].all)
+                head = compare(model, rows[model.name], merged_scores[model.name], cpu)
+                if not head.ok:
+                    failed.append(f"{model.name} in the merged file: off by more than 2e-2 or fires on other clips")
+                merged_worst[model.name] = float(f"{max(head.max_error_real, head.max_error_random, head.zero_error):.2g}")
+                merged_checked.append((model, merged_scores[model.name]))
+            print(f"merged file ({merged_entry['rknn_file']}, "
+                  f"{(Path(tmp) / 'merged' / merged_entry['rknn_file']).stat().st_size} bytes): largest difference "
+                  + ", ".join(f"{name} {worst:.1e}" for name, worst in merged_worst.items()))
         if failed:
             print("error: nothing written; " + "; ".join(failed), file=sys.stderr)
             return 1
@@ -119,16 +136,28 @@ def main() -> int:
             for suffix in (".rknn", ".json"):
                 name = Path(res.entry["rknn_file"]).with_suffix(suffix).name
                 shutil.copy(Path(tmp) / name, out_dir / name)
+        for suffix in (".rknn", ".json"):
+            name = Path(merged_entry["rknn_file"]).with_suffix(suffix).name
+            shutil.copy(Path(tmp) / "merged" / name, out_dir / name)
     meta = {"toolkit": version, "platform": cache.PLATFORM, "batch": cache.DEFAULT_BATCH}
     verify = out_dir / builtin.VERIFY_FILE
     record_fixture(verify, clips, checked, meta, rows=VERIFY_ROWS)
+    verify_merged = out_dir / builtin.VERIFY_MERGED_FILE
+    record_fixture(verify_merged, clips, merged_checked, meta, rows=VERIFY_ROWS)
+    merged_pin = {
+        "file": f"rknn/{version}/{merged_entry['rknn_file']}", "sha256": merged_entry["rknn_sha256"],
+        "heads": merged_entry["heads"], "toolkit": version, "platform": cache.PLATFORM, "batch": cache.DEFAULT_BATCH,
+        "recipe": merged_entry["recipe"], "source_sha256": merged_entry["source_sha256"], "check": merged_worst,
+        "verify": {"file": f"rknn/{version}/{builtin.VERIFY_MERGED_FILE}", "sha256": sha256_of(verify_merged)},
+    }
     manifest = load_manifest()
     sets = {v: p for v, p in manifest.get("rknn", {}).items() if builtin.release(v)}  # older layouts go
     sets[version] = {"verify": {"file": f"rknn/{version}/{builtin.VERIFY_FILE}", "sha256": sha256_of(verify)},
-                     **{name: pins[name] for name in manifest["heads"]}}
+                     **{name: pins[name] for name in manifest["heads"]}, "merged": merged_pin}
     manifest["rknn"] = {v: sets[v] for v in sorted(sets, key=builtin.release)}
     MANIFEST.write_text(dump_manifest(manifest))
     record_fixture(fixture_path(version), clips, checked, meta)
+    record_fixture(fixture_path(version).with_name("merged_scores.npz"), clips, merged_checked, meta)
     print(f"recorded the build's simulator scores in {fixture_path(version).relative_to(ROOT)}")
     total = sum(p.stat().st_size for p in out_dir.glob("*.rknn"))
     print(f"wrote {len(pins)} heads and {verify.name} ({verify.stat().st_size} bytes) to "

@@ -263,6 +263,7 @@ def test_an_npu_failure_mid_stream_moves_the_head_to_the_cpu_and_loses_no_detect
     # alexa's NPU call fails on the very step at which it fires (call 1 is load's warm-up).
     alexa_step = next(step for _, label, step in expected if label == "alexa")
     npu.fail("inference", on_call=1 + alexa_step, model="alexa")
+    npu.fail("init_runtime", on_call=1, model="merged_heads")  # one call per head (the merged file: below)
     engine = Engine(features_backend="cpu", heads_backend="rknn",
                     rknn_options={"cache_dir": tmp_path, "runtime_factory": npu.RKNNLite})
     with caplog.at_level(logging.ERROR):
@@ -271,6 +272,27 @@ def test_an_npu_failure_mid_stream_moves_the_head_to_the_cpu_and_loses_no_detect
     assert engine.heads.names() == {"alexa": "cpu", "hey_mycroft": "rknn"}
     assert npu.count("inference", "hey_mycroft") == 1 + max(len(c) for c in clips) // 1280
     assert "alexa" in caplog.text
+
+
+def test_a_merged_npu_call_failing_mid_stream_goes_one_call_per_head_and_loses_no_detection(npu, tmp_path, caplog):
+    from wyoming_oww_rk3588.engine import Engine
+
+    clips = [padded_clip(default_clips_dir() / f"{stem}.wav") for stem in RECORDED.meta["clips"]]
+    names = ["alexa", "hey_mycroft"]
+    expected = engine_detections(Engine(features_backend="cpu", heads_backend="cpu"), clips, names)
+    alexa_step = next(step for _, label, step in expected if label == "alexa")
+    npu.fail("inference", on_call=1 + alexa_step, model="merged_heads")  # call 1 is its check on load
+    engine = Engine(features_backend="cpu", heads_backend="rknn",
+                    rknn_options={"cache_dir": tmp_path, "runtime_factory": npu.RKNNLite})
+    with caplog.at_level(logging.ERROR):
+        found = engine_detections(engine, clips, names)
+    assert found == expected
+    assert engine.heads.names() == {"alexa": "rknn", "hey_mycroft": "rknn"}
+    assert "Merged NPU heads it failed mid-stream" in caplog.text
+    steps = max(len(c) for c in clips) // 1280
+    assert npu.count("inference", "merged_heads") == 1 + alexa_step
+    # from the failed tick on, one call per head: its own check on load, then each remaining tick
+    assert npu.count("inference", "hey_mycroft") == 1 + steps - alexa_step + 1
 
 
 def test_runtime_is_pointed_at_the_add_on_device_tree_when_proc_hides_it(tmp_path, monkeypatch):

@@ -20,11 +20,11 @@ from wyoming_oww_rk3588 import graphs
 from wyoming_oww_rk3588.backends.cpu import CpuHeads, make_session
 from wyoming_oww_rk3588.backends.rknn import RknnHeads
 from wyoming_oww_rk3588.models.registry import ModelRegistry
-from wyoming_oww_rk3588.rknn import cache
+from wyoming_oww_rk3588.rknn import builtin, cache
 from wyoming_oww_rk3588.rknn import check
 from wyoming_oww_rk3588.rknn.__main__ import main as cli_main
 from wyoming_oww_rk3588.rknn.check import NPU_TOLERANCE, check_rows, clip_features, compare, default_clips_dir
-from wyoming_oww_rk3588.rknn.convert import Converter
+from wyoming_oww_rk3588.rknn.convert import Converter, convert_merged
 from wyoming_oww_rk3588.rknn.toolkit import Toolkit, default_python
 
 if default_python() is None or not default_python().exists():
@@ -132,6 +132,24 @@ def test_the_232_sets_recorded_scores_are_what_rknn_toolkit2_232_simulates(tmp_p
     converted = ({r.model.name: r for r in results}, rows, tmp_path)
     assert all(r.entry["toolkit"] == OTHER_TOOLKIT for r in results)
     _recorded_scores_are_the_simulators(converted, clips, FIXTURES / OTHER_TOOLKIT / "simulator_scores.npz")
+
+
+@pytest.mark.parametrize("release", [builtin.TOOLKIT_VERSION, OTHER_TOOLKIT])
+def test_every_head_merged_into_one_file_scores_like_onnxruntime_and_like_its_recorded_fixture(tmp_path, clips, release):
+    """One NPU call for every head: the merged file, built by each toolkit, in its simulator."""
+    python = default_python() if release == builtin.TOOLKIT_VERSION else OTHER_PYTHON
+    if not python.exists():
+        pytest.skip(f"rknn-toolkit2 {release} venv not found: run .ci/install-rknn.sh {release}")
+    models = [REGISTRY.resolve(name) for name in HEADS]
+    rows = {m.name: check_rows(m, clips) for m in models}
+    entry, scores = convert_merged(Toolkit(python), tmp_path, models, {n: r.all for n, r in rows.items()})
+    assert entry["status"] == "ok" and entry["toolkit"] == release and entry["heads"] == HEADS
+    recorded = Recorded(FIXTURES / release / "merged_scores.npz")
+    for model in models:
+        head = compare(model, rows[model.name], scores[model.name], CPU.score(model, rows[model.name].all))
+        assert head.ok and head.npu_detections == POSITIVES.get(model.name, ()), model.name
+        real = len(recorded.scores(model.name))
+        np.testing.assert_allclose(scores[model.name][:real], recorded.scores(model.name), atol=1e-3)
 
 
 def test_the_runtime_backend_accepts_every_converted_head_from_the_cache(converted):

@@ -29,12 +29,16 @@ _FILE_MAGIC = b"fake-rknn:"
 #: The real .rknn files shipped for the built-in heads, by sha256: (toolkit release, head name).
 SHIPPED = {pin["sha256"]: (version, name) for version in builtin.sets()
            for name, pin in builtin.head_pins(version).items()}
+#: The shipped merged files (every built-in head in one graph), by sha256: (release, their heads).
+MERGED = "merged_heads"
+SHIPPED_MERGED = {s["merged"]["sha256"]: (version, s["merged"]["heads"])
+                  for version, s in builtin.sets().items() if "merged" in s}
 #: A librknnrt 2.3.2's build tag, as the runtime reports it.
 _BUILD = {"2.3.2": "429f97ae6b@2025-04-09T09:09:27"}
 
 
-def fixture(version: str) -> Path:
-    return FIXTURES / version / "simulator_scores.npz"
+def fixture(version: str, merged: bool = False) -> Path:
+    return FIXTURES / version / ("merged_scores.npz" if merged else "simulator_scores.npz")
 
 
 class Recorded:
@@ -95,10 +99,11 @@ class FakeNpu:
         self._plans: dict[tuple[str, str | None], dict[int, object]] = {}
         self._counts: Counter = Counter()
 
-    def recorded_for(self, version: str) -> Recorded:
-        if version not in self._recorded:
-            self._recorded[version] = Recorded(fixture(version))
-        return self._recorded[version]
+    def recorded_for(self, version: str, merged: bool = False) -> Recorded:
+        key = (version, merged) if merged else version
+        if key not in self._recorded:
+            self._recorded[key] = Recorded(fixture(version, merged))
+        return self._recorded[key]
 
     def sdk_version(self) -> str:
         build = _BUILD.get(self.runtime, "fake")
@@ -160,6 +165,7 @@ class FakeRKNNLite:
         self._npu = npu
         self.model: str | None = None
         self.toolkit: str | None = None
+        self.merged_heads: list[str] = []
         self.ready = False
 
     def _failure(self, method: str, default: object):
@@ -175,7 +181,11 @@ class FakeRKNNLite:
         if data.startswith(_FILE_MAGIC):
             self.toolkit, self.model = data[len(_FILE_MAGIC):].decode().split(":")
         else:
-            self.toolkit, self.model = SHIPPED.get(hashlib.sha256(data).hexdigest(), (None, None))
+            digest = hashlib.sha256(data).hexdigest()
+            self.toolkit, self.model = SHIPPED.get(digest, (None, None))
+            if digest in SHIPPED_MERGED:
+                self.toolkit, self.merged_heads = SHIPPED_MERGED[digest]
+                self.model = MERGED
         self._npu.calls.append(("load_rknn", self.model, path))
         fails, result = self._failure("load_rknn", -1)
         if fails:
@@ -197,6 +207,8 @@ class FakeRKNNLite:
         return self._npu.sdk_version() if self.ready else None
 
     def inference(self, inputs, data_type=None, data_format=None, inputs_pass_through=None, get_frame_id=False):
+        if self.model == MERGED:
+            return self._merged_inference(inputs, data_format)
         (batch,) = inputs
         self._npu.calls.append(("inference", self.model, np.array(batch, copy=True)))
         if data_format is not None and np.ndim(batch) != 4:
@@ -209,6 +221,21 @@ class FakeRKNNLite:
         if not self.ready or np.shape(batch) != (recorded.batch, window, 96):
             return None  # RKNNLite logs an error and returns None for a wrong-sized input
         return [np.stack([recorded.answer(self.model, row) for row in batch]) + np.float32(self._npu.perturb)]
+
+    def _merged_inference(self, inputs, data_format):
+        """One output per head of the merged file, each its simulator's answer to that head's input."""
+        self._npu.calls.append(("inference", MERGED, [np.array(x, copy=True) for x in inputs]))
+        if data_format is not None:
+            raise KeyError(data_format)
+        fails, result = self._failure("inference", None)
+        if fails:
+            return result
+        recorded = self._npu.recorded_for(self.toolkit, merged=True)
+        shapes = [(recorded.batch, recorded.meta["models"][name]["window"], 96) for name in self.merged_heads]
+        if not self.ready or [np.shape(x) for x in inputs] != shapes:
+            return None
+        return [np.stack([recorded.answer(name, row) for row in x]) + np.float32(self._npu.perturb)
+                for name, x in zip(self.merged_heads, inputs)]
 
     def release(self) -> None:
         self._npu.released.append(self.model)

@@ -24,7 +24,12 @@ from ..rknn.check import NPU_TOLERANCE
 
 _LOGGER = logging.getLogger(__name__)
 
-#: --npu-core-mask value -> RKNNLite constant. `auto` lets the runtime pick an idle core.
+#: --npu-core-mask value -> RKNNLite constant. `auto` lets the runtime pick an idle core, and is the
+#: default: a call runs on one core (RKNNLite.init_runtime's docstring in the 2.3.2/2.5.0 wheels),
+#: and the multi-core modes split one model's layers across cores (airockchip/rknn-toolkit2
+#: CHANGELOG.md, v1.4.0), which a head of 0.1-0.9 MFLOP per row cannot repay. The batch is not
+#: `rknn_batch_size` (which tiles a batch-1 graph) but fixed in each ONNX graph's N dimension
+#: (rknn/convert.py), so one call scores up to 32 streams of every head in a merged file.
 CORE_MASKS = {
     "auto": "NPU_CORE_AUTO", "0": "NPU_CORE_0", "1": "NPU_CORE_1", "2": "NPU_CORE_2",
     "0_1": "NPU_CORE_0_1", "0_1_2": "NPU_CORE_0_1_2",
@@ -191,6 +196,19 @@ class _Head:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass
+class _Merged:
+    """The shipped file with every built-in head in one graph: input and output i are heads[i]'s."""
+
+    runtime: object
+    batch: int
+    heads: list[str]
+    windows: list[int]
+    n_outputs: list[int]
+    sources: dict[str, str]  # head name -> the sha256 of the model file it was made from
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class RknnHeads:
     """HeadBackend over RKNNLite: one runtime context per head, batched over all streams."""
 
@@ -224,6 +242,11 @@ class RknnHeads:
         self._heads: dict[str, _Head] = {}
         self._lock = threading.Lock()
         self._runtime_info: RuntimeInfo | None = None
+        self._merged: _Merged | None = None
+        self._merged_state = "untried"  # untried | loaded | unusable
+        self._failed: set[str] = set()
+        #: NPU inference calls made so far (benchmarks report calls per tick).
+        self.calls = 0
 
     # -- which runtime, which set -------------------------------------------------------------
 
@@ -399,6 +422,7 @@ class RknnHeads:
                 try:
                     # No data_format: lite2 documents it for 4-D inputs only, and one release
                     # raised KeyError on "nchw" for this 3-D input (rknn/convert.py, DATA_FORMAT).
+                    self.calls += 1
                     result = head.runtime.inference(inputs=[chunk])
                 except Exception as err:  # noqa: BLE001 - any runtime error is a failed call
                     raise BackendFailed(f"RKNNLite.inference raised {err!r} on {model.name}") from err
@@ -409,6 +433,8 @@ class RknnHeads:
         return out
 
     def score(self, model: ModelInfo, windows: np.ndarray) -> np.ndarray:
+        if model.name in self._failed:  # failed mid-stream: the engine moves it to the CPU, never reopens it here
+            raise BackendFailed(f"{model.name} failed on the NPU earlier")
         head = self._heads.get(model.name)
         if head is None:
             self.load(model)
@@ -422,8 +448,119 @@ class RknnHeads:
             # The engine moves this head to the CPU; free its NPU context now.
             with self._lock:
                 self._heads.pop(model.name, None)
+                self._failed.add(model.name)
             self._release(head)
             raise
+
+    # -- all heads in one call ------------------------------------------------------------------
+
+    def score_many(self, models: list[ModelInfo], windows: list[np.ndarray]) -> list[np.ndarray]:
+        """Each model's scores, as `score` gives them: in one NPU call per batch of rows for all of
+        them when the runtime's set has a merged file holding every one (heads not asked for get
+        zero rows and their outputs are ignored), else one call per head."""
+        merged = self._merged_for(models)
+        if merged is None:
+            return [self.score(model, w) for model, w in zip(models, windows)]
+        try:
+            return self._run_merged(merged, models, [np.asarray(w, np.float32) for w in windows])
+        except BackendFailed:
+            self._drop_merged("it failed mid-stream")
+            raise  # HeadRunner scores these models again one by one
+
+    def _merged_for(self, models: list[ModelInfo]) -> _Merged | None:
+        if self._merged_state == "unusable" or any(m.name not in self._heads for m in models):
+            return None
+        with self._lock:
+            if self._merged_state == "untried":
+                self._merged_state = "unusable"
+                self._merged = self._load_merged()
+                if self._merged is not None:
+                    self._merged_state = "loaded"
+        merged = self._merged
+        if merged is None or any(merged.sources.get(m.name) != m.sha256 or not m.builtin for m in models):
+            return None  # a head it does not hold (say, your own file under a built-in's name)
+        return merged
+
+    def _load_merged(self) -> _Merged | None:
+        """Open and check the runtime set's merged file, or None (then one call per head) with a log line."""
+        head_set = self.runtime_info().head_set
+        pin = builtin.sets().get(head_set or "", {}).get("merged") if head_set else None
+        if pin is None:
+            return None
+        from ..models.registry import ModelRegistry
+
+        try:
+            models = [ModelRegistry().resolve(name) for name in pin["heads"]]
+        except Exception as err:  # noqa: BLE001 - a registry without every built-in head
+            _LOGGER.info("Merged NPU heads not used (%s); one NPU call per head", err)
+            return None
+        found = builtin.find_merged(head_set, models)
+        problem = cache.rknn_problem(*found) if found else "it does not match today's built-in models"
+        if problem:
+            _LOGGER.warning("Merged NPU heads of set %s not used (%s); one NPU call per head", head_set, problem)
+            return None
+        json_path, entry = found
+        runtime = self._factory()
+        try:
+            if runtime.load_rknn(str(json_path.with_name(entry["rknn_file"]))) != 0 or runtime.init_runtime(
+                    core_mask=getattr(runtime, CORE_MASKS[self.core_mask])) != 0:
+                raise BackendFailed("load_rknn or init_runtime returned an error (see RKNN's log)")
+            merged = _Merged(runtime, entry["batch"], entry["heads"], entry["windows"], entry["n_outputs"],
+                             entry["source_sha256"])
+            recorded = {name: builtin.merged_verification(head_set, name) for name in merged.heads}
+            if any(r is None for r in recorded.values()):
+                raise BackendFailed(f"{builtin.VERIFY_MERGED_FILE} is missing or corrupt")
+            scores = self._run_merged(merged, models, [r.windows for r in recorded.values()])
+            error = max(float(np.abs(s.astype(np.float64) - recorded[m.name].scores).max()) for m, s in zip(models, scores))
+            if not error <= NPU_TOLERANCE:
+                raise BackendFailed(f"it differs from rknn-toolkit2 {entry.get('toolkit')}'s simulator by {error:.2g} "
+                                    f"(> {NPU_TOLERANCE}) on its recorded inputs")
+        except Exception as err:  # noqa: BLE001 - anything: the per-head files still serve
+            self._release_runtime(runtime)
+            _LOGGER.warning("Merged NPU heads of set %s not used (%s); one NPU call per head", head_set, err)
+            return None
+        _LOGGER.info("NPU heads %s in one call per tick (%s, checked on load: %.1e from the simulator)",
+                     ", ".join(merged.heads), entry["rknn_file"], error)
+        return merged
+
+    def _run_merged(self, merged: _Merged, models: list[ModelInfo], windows: list[np.ndarray]) -> list[np.ndarray]:
+        """windows[i] [B_i, W_i, 96] of models[i] -> their scores, ceil(max B_i / batch) calls."""
+        slot = {name: i for i, name in enumerate(merged.heads)}
+        for model, w in zip(models, windows):
+            if w.shape[1:] != (merged.windows[slot[model.name]], 96):
+                raise ValueError(f"{model.name} takes windows [B, {merged.windows[slot[model.name]]}, 96], "
+                                 f"not {list(w.shape)}")
+        out = [np.empty((len(w), model.n_outputs), np.float32) for model, w in zip(models, windows)]
+        rows = max((len(w) for w in windows), default=0)
+        chunks = [np.zeros((merged.batch, window, 96), np.float32) for window in merged.windows]
+        with merged.lock:
+            for start in range(0, rows, merged.batch):
+                for chunk in chunks:
+                    chunk[:] = 0.0  # heads not asked for, and padding rows: scored, then dropped
+                for model, w in zip(models, windows):
+                    part = w[start : start + merged.batch]
+                    chunks[slot[model.name]][: len(part)] = part
+                try:
+                    self.calls += 1
+                    result = merged.runtime.inference(inputs=chunks)  # no data_format: see _run
+                except Exception as err:  # noqa: BLE001 - any runtime error is a failed call
+                    raise BackendFailed(f"RKNNLite.inference raised {err!r} on the merged heads") from err
+                if not result or len(result) != len(merged.heads) or any(
+                        r is None or np.size(r) != merged.batch * n for r, n in zip(result, merged.n_outputs)):
+                    raise BackendFailed("RKNNLite.inference returned too few or wrong-sized outputs on the merged heads")
+                for i, (model, w) in enumerate(zip(models, windows)):
+                    taken = len(w[start : start + merged.batch])
+                    scores = np.asarray(result[slot[model.name]], np.float32).reshape(merged.batch, -1)
+                    out[i][start : start + taken] = scores[:taken]
+        return out
+
+    def _drop_merged(self, why: str) -> None:
+        with self._lock:
+            merged, self._merged, self._merged_state = self._merged, None, "unusable"
+        if merged is not None:
+            _LOGGER.error("Merged NPU heads %s; one NPU call per head from now on", why)
+            with merged.lock:
+                self._release_runtime(merged.runtime)
 
     def _release(self, head: _Head) -> None:
         with head.lock:
@@ -439,5 +576,9 @@ class RknnHeads:
     def close(self) -> None:
         with self._lock:
             heads, self._heads = list(self._heads.values()), {}
+            merged, self._merged = self._merged, None
         for head in heads:
             self._release(head)
+        if merged is not None:
+            with merged.lock:
+                self._release_runtime(merged.runtime)

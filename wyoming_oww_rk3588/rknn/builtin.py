@@ -19,6 +19,8 @@ from . import cache
 
 BUILTIN_RKNN_DIR = BUILTIN_DIR / "rknn"
 VERIFY_FILE = "verify.npz"
+VERIFY_MERGED_FILE = "verify_merged.npz"
+_NOT_HEADS = ("verify", "merged")
 #: The rknn-toolkit2 release `.ci/install-rknn.sh` installs by default (.venv-rknn); the other
 #: sets' toolkits go into .venv-rknn-<release> (`.ci/install-rknn.sh <release>`).
 TOOLKIT_VERSION = "2.5.0"
@@ -42,14 +44,15 @@ def dotted(version: Release) -> str:
 
 
 def sets() -> dict[str, dict]:
-    """Release -> {"verify": pin of verify.npz, head name: pin of its .rknn}, oldest first."""
+    """Release -> {"verify": pin of verify.npz, head name: pin of its .rknn, "merged": pin of the file
+    with every head in one graph (and of its verify_merged.npz)}, oldest first."""
     found = load_manifest().get("rknn", {})
     return {v: found[v] for v in sorted(found, key=lambda v: release(v) or (0, 0, 0))}
 
 
 def head_pins(version: str) -> dict[str, dict]:
     """Head name -> its pin in set `version`."""
-    return {name: pin for name, pin in sets().get(version, {}).items() if name != "verify"}
+    return {name: pin for name, pin in sets().get(version, {}).items() if name not in _NOT_HEADS}
 
 
 def set_for(runtime: Release | None) -> str | None:
@@ -79,6 +82,28 @@ def find(model: ModelInfo, version: str, batch: int | None = None) -> tuple[Path
                                                                                       pin["sha256"]):
         return None
     return found
+
+
+def find_merged(version: str, models: list[ModelInfo]) -> tuple[Path, dict] | None:
+    """Set `version`'s merged file and entry, if it holds every one of `models` (built-in, made
+    from these very model files) and its entry names the pinned .rknn."""
+    pin = sets().get(version, {}).get("merged")
+    if pin is None or not models or any(not m.builtin or pin["source_sha256"].get(m.name) != m.sha256 for m in models):
+        return None
+    json_path = BUILTIN_DIR / Path(pin["file"]).with_suffix(".json")
+    entry = cache.read_entry(json_path)
+    if entry is None or (entry.get("rknn_file"), entry.get("rknn_sha256")) != (Path(pin["file"]).name, pin["sha256"]):
+        return None
+    return json_path, entry
+
+
+def merged_verification(version: str, name: str) -> Verification | None:
+    """Head `name`'s recorded inputs and the merged file's simulator scores for them."""
+    pin = sets().get(version, {}).get("merged", {}).get("verify")
+    path = BUILTIN_DIR / pin["file"] if pin else None
+    if path is None or not path.is_file() or sha256_of(path) != pin["sha256"]:
+        return None
+    return read_verification(path, name)
 
 
 @dataclass

@@ -196,3 +196,62 @@ class Converter:
                         model.name, version, reason)
         entry = cache.write_entry(json_path, self._entry(model, version, status="failed", reason=reason))
         return Converted(model, entry, "failed")
+
+
+#: The file that runs several heads in one NPU call (`merged_heads.<key>.rknn`).
+MERGED_NAME = "merged_heads"
+
+
+def prepare_merged(models: list[ModelInfo], batch: int) -> onnx.ModelProto:
+    """Every head prepared as for its own file, then side by side in one graph (graphs.merged_heads,
+    as the CPU path merges them): input i and output i (`h{i}_scores`) are models[i]'s, each fixed
+    at `batch` rows, so one NPU call scores them all. The heads must mean the same at the newest
+    opset among them (the built-ins do)."""
+    heads = [prepare_onnx(model, batch) for model in models]
+    newest = max(o.version for h in heads for o in h.opset_import if o.domain in ("", "ai.onnx"))
+    if not all(graphs.same_at_opset(h, newest) for h in heads):
+        raise ValueError(f"the heads do not all mean the same at opset {newest}; convert them one by one")
+    return graphs.merged_heads(heads, opset=newest)
+
+
+def merged_key(models: list[ModelInfo], toolkit: str, platform: str, batch: int) -> str:
+    return cache.cache_key(":".join(f"{m.name}={m.sha256}" for m in models), toolkit, platform, batch)
+
+
+def make_merged_entry(models: list[ModelInfo], toolkit: str, platform: str, batch: int, **fields) -> dict:
+    """A merged file's cache entry: its heads in input order with their source sha256, windows and
+    output counts (the runtime feeds and reads it by these)."""
+    return dict(
+        model=MERGED_NAME, heads=[m.name for m in models], source_sha256={m.name: m.sha256 for m in models},
+        windows=[m.window for m in models], n_outputs=[m.n_outputs for m in models], toolkit=toolkit,
+        platform=platform, batch=batch, recipe=cache.RECIPE, data_format=DATA_FORMAT,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields,
+    )
+
+
+def convert_merged(toolkit: Toolkit, out_dir: Path, models: list[ModelInfo], check_inputs: dict[str, np.ndarray],
+                   batch: int = cache.DEFAULT_BATCH, platform: str = cache.PLATFORM) -> tuple[dict, dict | None]:
+    """Build, export and simulate `models` as one merged file into `out_dir` (no lock: for the
+    built-in sets' script). Returns (entry, {name: simulator scores on its check rows}) or
+    (failed entry, None). Every head's check rows must be equally many."""
+    with tempfile.TemporaryDirectory(prefix="rknn-merged-") as tmp:
+        workdir = Path(tmp)
+        version = toolkit.version(workdir)
+        key = merged_key(models, version, platform, batch)
+        json_path = Path(out_dir) / f"{MERGED_NAME}.{key[:16]}.json"
+        source = workdir / f"{MERGED_NAME}.onnx"
+        onnx.save(prepare_merged(models, batch), str(source))
+        inputs = {f"windows_{i}": _padded(np.asarray(check_inputs[m.name], np.float32), batch)
+                  for i, m in enumerate(models)}
+        np.savez(workdir / "inputs.npz", **inputs)
+        spec = {"name": MERGED_NAME, "format": "onnx", "source": str(source), "export": str(workdir / "merged.rknn"),
+                "inputs": str(workdir / "inputs.npz"), "outputs": str(workdir / "outputs.npz")}
+        job = {"command": "build", "platform": platform, "batch": batch, "data_format": DATA_FORMAT, "models": [spec]}
+        outcome = toolkit.run(job, workdir)["models"][MERGED_NAME]
+        if outcome["status"] != "ok":
+            return make_merged_entry(models, version, platform, batch, status="failed", reason=outcome["reason"]), None
+        entry = cache.write_entry(json_path, make_merged_entry(models, version, platform, batch, status="ok", reason=None),
+                                  Path(spec["export"]).read_bytes())
+        outputs = np.load(spec["outputs"])
+        scores = {m.name: outputs[f"scores_{i}"][: len(check_inputs[m.name])] for i, m in enumerate(models)}
+        return entry, scores

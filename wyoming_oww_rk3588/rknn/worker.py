@@ -59,20 +59,28 @@ def log_problems(log_path: Path, warnings: bool = True) -> list[str]:
 
 
 def _simulate(rknn, inputs_path: str, outputs_path: str, batch: int, data_format: str | None) -> None:
+    """Run the input rows through the simulator a batch at a time: `windows` for a head, or
+    `windows_0`, `windows_1`, ... (same row count) for a merged file's inputs, in its input order;
+    writes `scores` (or `scores_0`, ...) with the rows as given."""
     import numpy as np
 
-    windows = np.load(inputs_path)["windows"]
-    if len(windows) % batch:
-        raise ValueError(f"{len(windows)} input rows are not a multiple of the batch {batch}")
-    outputs = []
-    for start in range(0, len(windows), batch):
+    data = np.load(inputs_path)
+    keys = ["windows"] if "windows" in data.files else [f"windows_{i}" for i in range(len(data.files))]
+    inputs = [data[k] for k in keys]
+    rows = len(inputs[0])
+    if rows % batch or any(len(x) != rows for x in inputs):
+        raise ValueError(f"input rows {[len(x) for x in inputs]} are not one multiple of the batch {batch}")
+    outputs: list[list] = [[] for _ in inputs]
+    for start in range(0, rows, batch):
         # The same call as the board's (backends/rknn.py): no data_format for the 3-D input.
         args = {} if data_format is None else {"data_format": data_format}
-        out = rknn.inference(inputs=[windows[start : start + batch]], **args)
-        if out is None:
-            raise RuntimeError("inference returned None")
-        outputs.append(np.asarray(out[0], np.float32).reshape(batch, -1))
-    np.savez(outputs_path, scores=np.concatenate(outputs))
+        out = rknn.inference(inputs=[x[start : start + batch] for x in inputs], **args)
+        if out is None or len(out) != len(inputs):
+            raise RuntimeError(f"inference returned {None if out is None else len(out)} outputs")
+        for kept, result in zip(outputs, out):
+            kept.append(np.asarray(result, np.float32).reshape(batch, -1))
+    names = ["scores"] if keys == ["windows"] else [f"scores_{i}" for i in range(len(keys))]
+    np.savez(outputs_path, **{name: np.concatenate(kept) for name, kept in zip(names, outputs)})
 
 
 def run_model(spec: dict, job: dict, log_path: Path, progress=lambda stage: None) -> dict:
