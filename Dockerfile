@@ -46,7 +46,8 @@ RUN \
 
 # The package with the extras of the arch and stack: the GPU backend (pyopencl) where there
 # is an OpenCL stack, the NPU backend (rknn-toolkit-lite2) on vendor aarch64, tflite (users'
-# .tflite heads) and speex everywhere. libmali's ICD entry names the library by soname, so
+# .tflite heads) everywhere, and speex (noise suppression) on bookworm's Python 3.11: it has
+# no wheel for trixie's 3.13, so there --noise-suppression says it is not installed. libmali's ICD entry names the library by soname, so
 # the board's file bind-mounted into the library path is found.
 WORKDIR /usr/src/wyoming-oww-rk3588
 COPY pyproject.toml README.md ./
@@ -54,7 +55,7 @@ COPY wyoming_oww_rk3588 ./wyoming_oww_rk3588
 RUN \
     arch="${BUILD_ARCH:-$(uname -m | sed s/x86_64/amd64/)}" \
     && extras="speex,tflite" \
-    && if [ "${STACK}" = "mainline" ]; then extras="opencl,speex,tflite"; \
+    && if [ "${STACK}" = "mainline" ]; then extras="opencl,tflite"; \
     elif [ "${arch}" = "aarch64" ]; then extras="opencl,rknn,speex,tflite"; fi \
     && python3 -m venv /opt/venv \
     && pip install --no-cache-dir ".[${extras}]" \

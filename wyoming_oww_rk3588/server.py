@@ -69,6 +69,7 @@ def build_engine(settings: Settings) -> tuple[Engine, dict[str, ModelInfo]]:
             _LOGGER.error("Model %s left out: %s", name, err)
     _LOGGER.info("Backends: features=%s heads=%s; models: %s",
                  engine.backends["features"], engine.backends["heads"], ", ".join(served))
+    _LOGGER.info("Features: %s", engine.features_reason)  # which device, or why not the GPU
     if settings.vad_threshold or settings.noise_suppression or engine.verifiers:
         _LOGGER.info("Optional stages: VAD gate %s; noise suppression %s; verifiers: %s",
                      settings.vad_threshold or "off", "on" if settings.noise_suppression else "off",
