@@ -89,6 +89,22 @@ def test_load_runs_one_warm_up_call_of_zeros(npu, tmp_path):
     assert not npu.calls[-1][2].any()
 
 
+@pytest.mark.parametrize("perturb", [0.0, 0.05])
+def test_a_users_conversion_with_recorded_check_rows_is_checked_against_them_on_load(tmp_path, perturb):
+    model = custom("hey_mycroft")
+    fake = FakeNpu(RECORDED, perturb=perturb)
+    fake.write_cache(tmp_path, [model], verify=True)
+    backend = heads(fake, tmp_path)
+    if perturb:
+        with pytest.raises(BackendUnavailable, match=r"differs from rknn-toolkit2 2.5.0's simulator by 0.05"):
+            backend.load(model)
+        assert fake.released == ["hey_mycroft"]
+        return
+    backend.load(model)
+    (sent,) = [arg for method, _, arg in fake.calls if method == "inference"]
+    np.testing.assert_array_equal(sent[: BATCH - 1], RECORDED.windows("hey_mycroft")[: BATCH - 1])
+
+
 @pytest.mark.parametrize("option, constant", [
     ("auto", "NPU_CORE_AUTO"), ("0", "NPU_CORE_0"), ("1", "NPU_CORE_1"), ("2", "NPU_CORE_2"),
     ("0_1", "NPU_CORE_0_1"), ("0_1_2", "NPU_CORE_0_1_2"),

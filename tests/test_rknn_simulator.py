@@ -183,6 +183,11 @@ def test_the_cli_converts_checks_and_then_reuses_the_cache(tmp_path):
     first = _cli("alexa", "--out", str(tmp_path), "--check")
     assert first.returncode == 0, first.stderr
     assert "alexa          converted" in first.stdout and "alexa_test / alexa_test" in first.stdout
+    # the checked build's rows and simulator scores, for the board's check on load
+    json_path, entry = cache.find_entry(tmp_path, REGISTRY.resolve("alexa"))
+    recorded = np.load(json_path.with_name(entry["verify_file"]))
+    assert recorded["windows"].shape == (cache.DEFAULT_BATCH, 16, 96) and not recorded["windows"][-1].any()
+    assert recorded["scores"].max() >= 0.5  # it holds the rows where alexa fires
     again = _cli("alexa", "--out", str(tmp_path))
     assert again.returncode == 0 and "alexa          cached" in again.stdout
 

@@ -138,9 +138,11 @@ class FakeNpu:
     def count(self, method: str, model: str | None = None) -> int:
         return sum(1 for m, name, _ in self.calls if m == method and model in (None, name))
 
-    def write_cache(self, cache_dir: Path, models: list[ModelInfo], toolkit: str | None = None) -> None:
+    def write_cache(self, cache_dir: Path, models: list[ModelInfo], toolkit: str | None = None,
+                    verify: bool = False) -> None:
         """Cache entries as the converter of release `toolkit` (default: the fixture's) writes
-        them, with small fake .rknn files."""
+        them, with small fake .rknn files; with `verify`, as `convert --check` does: a batch of
+        recorded windows and their simulator scores beside each."""
         recorded = self.recorded_for(toolkit or self.recorded.meta["toolkit"])
         toolkit = recorded.meta["toolkit"]
         for model in models:
@@ -149,6 +151,14 @@ class FakeNpu:
             key = cache.cache_key(model.sha256, toolkit, cache.PLATFORM, recorded.batch)
             json_path, _ = cache.entry_paths(cache_dir, model, key)
             entry = make_entry(model, toolkit, cache.PLATFORM, recorded.batch, status="ok", reason=None)
+            if verify:
+                windows = np.concatenate([recorded.windows(model.name)[: recorded.batch - 1],
+                                          np.zeros((1, model.window, 96), np.float32)])
+                scores = np.concatenate([recorded.scores(model.name)[: recorded.batch - 1],
+                                         recorded.heads[model.name][2][None]])
+                path = json_path.with_suffix(".verify.npz")
+                np.savez_compressed(path, windows=windows, scores=scores)
+                entry.update(verify_file=path.name, verify_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
             cache.write_entry(json_path, entry, _FILE_MAGIC + f"{toolkit}:{model.name}".encode())
 
 

@@ -365,11 +365,13 @@ class RknnHeads:
                          entry["rknn_file"], entry.get("toolkit"), head.batch, self.core_mask, checked)
 
     def _verify(self, model: ModelInfo, head: _Head, json_path: Path, entry: dict) -> str:
-        """Run a shipped head on its recorded inputs and compare with the simulator's scores for
-        that very file: the only accuracy check that runs on the chip itself. Other files get a
-        warm-up call of zeros (it pays the runtime's first-call setup and proves the NPU answers)."""
+        """Run a head on the inputs recorded with its file (shipped, or by `convert --check`) and
+        compare with the simulator's scores for that very file: the only accuracy check that runs on
+        the chip itself. A file without them gets a warm-up call of zeros (it pays the runtime's
+        first-call setup and proves the NPU answers)."""
         shipped_set = json_path.parent.name if json_path.parent.parent == builtin.BUILTIN_RKNN_DIR else None
-        recorded = builtin.verification(shipped_set, model.name) if shipped_set else None
+        recorded = (builtin.verification(shipped_set, model.name) if shipped_set
+                    else builtin.cached_verification(json_path, entry))
         windows = recorded.windows if recorded else np.zeros((1, head.window, 96), np.float32)
         try:
             scores = self._run(model, head, windows)

@@ -123,6 +123,16 @@ def verification(version: str, name: str) -> Verification | None:
     return read_verification(path, name)
 
 
+def cached_verification(json_path: Path, entry: dict) -> Verification | None:
+    """The rows a user's `convert --check` recorded beside its file, if intact (else None)."""
+    name = entry.get("verify_file")
+    path = Path(json_path).with_name(name) if name else None
+    if path is None or not path.is_file() or sha256_of(path) != entry.get("verify_sha256"):
+        return None
+    with np.load(path) as data:
+        return Verification(data["windows"], data["scores"])
+
+
 def read_verification(path: Path, name: str) -> Verification | None:
     """Head `name`'s rows of a verify file (record_fixture's format: windows by start row)."""
     with np.load(path) as data:

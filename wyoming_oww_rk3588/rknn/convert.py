@@ -5,6 +5,8 @@ the cache is re-read under the lock, so two converters never build the same file
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import logging
 import tempfile
 import time
@@ -16,7 +18,7 @@ import onnx
 
 from .. import graphs
 from ..models.registry import ModelInfo
-from . import cache
+from . import cache, check
 from .toolkit import Toolkit
 
 _LOGGER = logging.getLogger(__name__)
@@ -24,6 +26,8 @@ _LOGGER = logging.getLogger(__name__)
 #: The converted graph's output name. Heads like timer name their output with a JSON string
 #: of class names, which the simulator cannot take; labels come from the registry anyway.
 OUTPUT_NAME = "scores"
+#: Check rows kept beside a converted file for the check on load (with the zero row: one batch of 32).
+VERIFY_ROWS = cache.DEFAULT_BATCH - 1
 #: Heads take 3-D input [batch, window, 96]. rknn-toolkit-lite2's `inference` documents
 #: data_format for 4-D inputs only (None by default), and one lite2 release raised KeyError on
 #: "nchw" for a 3-D input: so none is passed, here (the simulator) and on the board alike.
@@ -178,6 +182,9 @@ class Converter:
             if "export" in spec:
                 if outcome["status"] == "ok":
                     entry = self._entry(model, version, status="ok", reason=None)
+                    if "inputs" in spec:  # simulated the very build exported: the board checks against it
+                        entry.update(self._write_verification(model, paths[model.name], check_inputs[model.name],
+                                                              np.load(spec["outputs"])["scores"]))
                     entry = cache.write_entry(paths[model.name], entry, Path(spec["export"]).read_bytes())
                     done[model.name] = Converted(model, entry, "converted")
                     _LOGGER.info("%s: converted for %s with rknn-toolkit2 %s", model.name, self.platform, version)
@@ -190,6 +197,19 @@ class Converter:
                 else:
                     done[model.name].check_error = outcome["reason"]
         return [done[m.name] for m in models]
+
+    @staticmethod
+    def _write_verification(model: ModelInfo, json_path: Path, windows: np.ndarray, scores: np.ndarray) -> dict:
+        """Save a batch of check rows and this build's simulator scores beside the entry (the
+        backend runs the file on them when it loads it on the board); the entry's fields for it."""
+        windows = np.asarray(windows, np.float32)
+        keep = check.verification_rows(model, scores[: len(windows) - 1], VERIFY_ROWS)
+        rows = np.concatenate([keep, [len(windows) - 1]])  # and the zero window, last of the check rows
+        path = json_path.with_suffix(".verify.npz")
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, windows=windows[rows], scores=np.asarray(scores[rows], np.float32))
+        cache.write_atomic(path, buffer.getvalue())
+        return {"verify_file": path.name, "verify_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
 
     def _failed(self, model: ModelInfo, json_path: Path, version: str, reason: str) -> Converted:
         _LOGGER.warning("%s: rknn-toolkit2 %s cannot convert it (%s); it will run on the CPU",
