@@ -326,7 +326,7 @@ def test_all_listened_heads_take_one_npu_call_per_tick_from_the_merged_file_with
     calls = _inference_calls(npu)
     # after each head's own check on load and the merged file's: one call per tick, for all of them
     assert calls[-steps:] == ["merged_heads"] * steps and calls.count("merged_heads") == steps + 1
-    assert f"in one call per tick (merged_heads." in caplog.text
+    assert "in one call per tick (merged_heads." in caplog.text
 
 
 def test_a_users_head_among_them_keeps_one_call_per_head(tmp_path):
