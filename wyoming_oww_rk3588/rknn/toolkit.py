@@ -16,8 +16,8 @@ from .worker import log_problems
 PYTHON_ENV = "WYOMING_OWW_RKNN_PYTHON"
 WORKER = Path(__file__).with_name("worker.py")
 _PACKAGE_PARENT = Path(__file__).resolve().parents[2]
-_HOW = ("install rknn-toolkit2 2.5.0 in its own venv (docs/npu.md: .ci/install-rknn.sh in a checkout), "
-        f"then pass --toolkit-python PATH or set {PYTHON_ENV}")
+_HOW = ("install rknn-toolkit2 of your board's librknnrt release (2.3.2 or 2.5.0) in its own venv (docs/npu.md: "
+        f".ci/install-rknn.sh [RELEASE] in a checkout), then pass --toolkit-python PATH or set {PYTHON_ENV}")
 
 
 class ToolkitError(RuntimeError):
