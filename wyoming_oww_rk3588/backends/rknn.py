@@ -157,8 +157,8 @@ class RknnHeads:
             return found, None
         if not model.builtin:
             return found, problem
-        if info.head_set is None:
-            return found, f"{problem}; shipped heads: {info.no_set_reason()}"
+        if info.head_set is None:  # the fix is the runtime; converting it yourself is the other way
+            return found, f"{info.no_set_reason()}; or your own conversion: {problem}"
         shipped = builtin.find(model, info.head_set, self.batch)
         if shipped is None:
             return found, problem
