@@ -47,8 +47,11 @@ RUN \
 # The package with the extras of the arch and stack: the GPU backend (pyopencl) where there
 # is an OpenCL stack, the NPU backend (rknn-toolkit-lite2) on vendor aarch64, tflite (users'
 # .tflite heads) everywhere, and speex (noise suppression) on bookworm's Python 3.11: it has
-# no wheel for trixie's 3.13, so there --noise-suppression says it is not installed. libmali's ICD entry names the library by soname, so
-# the board's file bind-mounted into the library path is found.
+# no wheel for trixie's 3.13, so there --noise-suppression says it is not installed.
+# rknn-toolkit-lite2 is held at 2.3.2, the release of the librknnrt.so Rockchip publishes (and
+# Frigate ships), so the Python API and the runtime users can get are one release. libmali's
+# ICD entry names the library by soname, so the board's file bind-mounted into the library
+# path is found.
 WORKDIR /usr/src/wyoming-oww-rk3588
 COPY pyproject.toml README.md ./
 COPY wyoming_oww_rk3588 ./wyoming_oww_rk3588
@@ -57,11 +60,12 @@ RUN \
     && extras="speex,tflite" \
     && if [ "${STACK}" = "mainline" ]; then extras="opencl,tflite"; \
     elif [ "${arch}" = "aarch64" ]; then extras="opencl,rknn,speex,tflite"; fi \
+    && echo "rknn-toolkit-lite2==2.3.2" > /tmp/constraints.txt \
     && python3 -m venv /opt/venv \
-    && pip install --no-cache-dir ".[${extras}]" \
+    && pip install --no-cache-dir --constraint /tmp/constraints.txt ".[${extras}]" \
     && mkdir -p /etc/OpenCL/vendors \
     && if [ "${STACK}" = "vendor" ] && [ "${arch}" = "aarch64" ]; then echo libmali.so.1 > /etc/OpenCL/vendors/mali.icd; fi \
-    && rm -rf /usr/src/wyoming-oww-rk3588
+    && rm -rf /usr/src/wyoming-oww-rk3588 /tmp/constraints.txt
 
 WORKDIR /
 EXPOSE 10400

@@ -97,7 +97,9 @@ def test_installs_the_package_with_extras_that_exist_for_each_arch_and_stack():
     assert named == ["speex,tflite", "opencl,tflite", "opencl,rknn,speex,tflite"]  # no cp313 speexdsp-ns
     for group in named:
         assert set(group.split(",")) <= extras, group
-    assert 'pip install --no-cache-dir ".[${extras}]"' in DOCKERFILE
+    assert 'pip install --no-cache-dir --constraint /tmp/constraints.txt ".[${extras}]"' in DOCKERFILE
+    # The NPU's Python API of the release of the runtime users can get (docs/npu.md).
+    assert 'echo "rknn-toolkit-lite2==2.3.2" > /tmp/constraints.txt' in DOCKERFILE
     assert "ocl-icd-libopencl1" in DOCKERFILE and "mesa-opencl-icd" in DOCKERFILE
     # libmali's ICD entry by soname: the library bind-mounted where compose puts it is found.
     assert "echo libmali.so.1 > /etc/OpenCL/vendors/mali.icd" in DOCKERFILE
@@ -272,7 +274,11 @@ def test_image_imports_every_backends_package(image):
         packages += ["speexdsp_ns"]
     if arch == "aarch64" and flavor != "mainline":
         packages += ["pyopencl", "rknnlite.api"]  # GPU and NPU backends, in one process with onnxruntime
-    done = run_in(image, "python3", "-c", f"import {', '.join(packages)}; print('imported')")
+    versions = "from importlib.metadata import version as v; print('lite2', v('rknn-toolkit-lite2'))"
+    done = run_in(image, "python3", "-c", f"import {', '.join(packages)}; print('imported')"
+                  + (f"; {versions}" if "rknnlite.api" in packages else ""))
+    if "rknnlite.api" in packages:
+        assert "lite2 2.3.2" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 0 and "imported" in done.stdout, done.stdout + done.stderr
 
 

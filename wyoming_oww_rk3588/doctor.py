@@ -271,7 +271,7 @@ def check_npu(r: Report, root: Path, machine: str, in_addon: bool, runtime_facto
         r.add("MISSING", "SoC", f"no device tree: this {machine} machine is no RK3588 board" if machine != "aarch64"
               else "device tree not readable (/proc/device-tree/compatible); fix: " + (
                   "the add-on maps it at /device-tree: update the add-on" if in_addon
-                  else "docker run --security-opt systempaths=unconfined (containers hide /sys/firmware)"))
+                  else "docker run -v /proc/device-tree/compatible:/device-tree/compatible:ro (Docker hides /sys/firmware; docker-compose.yml mounts it)"))
     elif any(c.startswith("rockchip,rk3588") for c in compatible):
         r.add("OK", "SoC", f"{' '.join(compatible)} (from {where})")
     else:

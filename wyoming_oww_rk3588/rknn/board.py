@@ -90,7 +90,7 @@ def probe_board(root: Path = Path("/"), machine: str | None = None, in_addon: bo
         raise BackendUnavailable(
             "cannot read /proc/device-tree/compatible nor /device-tree/compatible; "
             + ("the add-on maps it at /device-tree (devicetree: true): update the add-on" if in_addon
-               else "in a container, map it in (docker run --security-opt systempaths=unconfined)")
+               else "in a container, map it in: docker run -v /proc/device-tree/compatible:/device-tree/compatible:ro (Docker hides /sys/firmware; docker-compose.yml mounts it)")
         )
     if b"rockchip,rk3588" not in compatible:
         board = compatible.replace(b"\0", b" ").decode(errors="replace").strip()
