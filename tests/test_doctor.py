@@ -330,6 +330,7 @@ def test_no_gpu_driver_names_both_stacks_and_their_device_lines(tmp_path):
     assert status == "MISSING" and "/dev/mali0" in text and "Panthor" in text
     assert "docker run --device /dev/mali0 or --device /dev/dri/renderD128" in text
     assert "Mali node" not in got and "Panthor node" not in got and "RUSTICL_ENABLE" not in got
+    assert "OpenCL ICD" not in got  # no ICD advice before there is a driver to pair it with
     assert got["Mali GPU"][0] == "MISSING" and "GPU stack line" in got["Mali GPU"][1]
 
 

@@ -197,7 +197,7 @@ def check_opencl(r: Report, root: Path, in_addon: bool, environ=None) -> None:
                   f"out; fix: set RUSTICL_ENABLE=panfrost{set_it}")
         else:
             r.add("OK", "RUSTICL_ENABLE", value)
-    elif not stack.mali_icd:
+    elif stack.name == "vendor" and not stack.mali_icd:
         r.add("MISSING", "OpenCL ICD", f"no libmali ICD in /etc/OpenCL/vendors; fix: {fix}")
     from .errors import BackendUnavailable
 
