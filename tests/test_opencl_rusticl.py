@@ -108,6 +108,27 @@ print(backend.name, "|", why)
     assert "cpu | opencl unavailable: no OpenCL device found (platforms: rusticl)" in done.stdout, done.stdout
 
 
+@outside
+def test_without_mmdebstrap_the_install_step_passes_and_says_what_is_missing(tmp_path):
+    """Setup never fails on it: a machine without mmdebstrap gets one line and exit 0, and `run`
+    refuses with the same reason (what the test's skip then quotes)."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "id", "unshare", "mkdir", "cat"):  # everything the script needs but mmdebstrap
+        if found := shutil.which(tool):
+            (bin_dir / tool).symlink_to(found)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    bash = shutil.which("bash")
+    made = subprocess.run([bash, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=60)
+    assert made.returncode == 0, made.stderr
+    expected = "no mmdebstrap (bash .ci/install-image-tools.sh installs it)" if os.geteuid() == 0 else "needs root"
+    assert expected in made.stderr and "the rusticl test will skip" in made.stderr, made.stderr
+    ran = subprocess.run([bash, str(SCRIPT), "run", "true"], capture_output=True, text=True, env=env, timeout=60)
+    assert ran.returncode == 3 and f"cannot run: {expected}" in ran.stderr, ran.stderr
+
+
 @inside
 def test_inside_the_only_opencl_device_is_rusticls_llvmpipe():
     import pyopencl as cl
