@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .backends.route import choose as choose_route
 from .backends.select import cpu_features_factory, select_features, select_heads
 from .denoise import NoiseSuppressor, speex_factory, suppress_noise
 from .detector import Detection, DetectorConfig, update
@@ -66,7 +67,13 @@ class Engine:
         self._threshold_rows: dict[tuple[str, int], tuple[DetectorConfig, np.ndarray]] = {}
         self.verifier_threshold = verifier_threshold
         backend, self.features_reason = select_features(features_backend, threads=threads, precision=precision)
-        self.features = FeaturePipeline(backend, fallback_factory=cpu_features_factory(threads))
+        alternates, route = (), None
+        if str(features_backend).lower() == "auto" and backend.name != "cpu":
+            # A device only where it is faster: each batch size to the backend measured faster here.
+            backend, alternates, route, measured = choose_route(backend, cpu_features_factory(threads))
+            self.features_reason += f"; routed by measured speed: {measured.describe()}"
+        self.features = FeaturePipeline(backend, fallback_factory=cpu_features_factory(threads),
+                                        alternates=alternates, route=route)
         self.heads = HeadRunner(
             select_heads(heads_backend, threads=threads, rknn_options=rknn_options),
             cpu_factory=lambda: CpuHeads(threads=threads),
@@ -228,4 +235,5 @@ class Engine:
 
     def close(self) -> None:
         self.heads.close()
-        self.features.backend.close()
+        for backend in (self.features.backend, *self.features.alternates.values()):
+            backend.close()

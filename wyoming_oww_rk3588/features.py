@@ -173,52 +173,69 @@ class FeaturePipeline:
     """Turns ready 80 ms frames of many streams into embeddings, one batch per model.
 
     A failing accelerator backend is replaced by `fallback` (the CPU) for every stream, and
-    the step is recomputed there from the same, untouched states: no frame is lost.
+    the step is recomputed there from the same, untouched states: no frame is lost. With a
+    `route` (backends/route.py) each batch goes to the backend that is faster at its size,
+    `backend` or one of `alternates`: the states are plain numbers, the same for every backend.
     """
 
-    def __init__(self, backend: FeatureBackend, fallback_factory=None) -> None:
+    def __init__(self, backend: FeatureBackend, fallback_factory=None, alternates=(), route=None) -> None:
         self.backend = backend
         self._fallback_factory = fallback_factory
+        self.alternates = {b.name: b for b in alternates if b.name != backend.name}
+        self.route = route
         self.silence = silence_start(backend)
         self.pool = StatePool(self.silence, 1)
 
     @property
     def name(self) -> str:
-        return self.backend.name
+        """The backend, or `small+large` when small batches go to one and large to another."""
+        if self.route is None or self.route.crossover() is None:
+            return self.backend.name
+        return f"{self.route.pick(1)}+{self.route.pick(self.route.crossover())}"
+
+    def _pick(self, batch: int) -> FeatureBackend:
+        if self.route is None:
+            return self.backend
+        name = self.route.pick(batch)
+        return self.backend if name == self.backend.name else self.alternates.get(name, self.backend)
 
     def new_state(self, history: int) -> FeatureState:
         """A stream that starts from silence, keeping its newest `history` embeddings."""
         return FeatureState(self.pool, history)
 
-    def _call(self, method: str, *args):
-        if method == "features_step" and not hasattr(self.backend, method):  # optional, e.g. not on the CPU
+    @staticmethod
+    def _call(backend: FeatureBackend, method: str, *args):
+        if method == "features_step" and not hasattr(backend, method):  # optional
             audio, states = args
-            return self.backend.embed_step(scale_mel(self.backend.melspectrogram(audio)), states)
-        return getattr(self.backend, method)(*args)
+            return backend.embed_step(scale_mel(backend.melspectrogram(audio)), states)
+        return getattr(backend, method)(*args)
 
-    def _run(self, method: str, *args):
+    def _run(self, backend: FeatureBackend, method: str, *args):
         try:
-            return self._call(method, *args)
+            return self._call(backend, method, *args)
         except Exception as err:  # noqa: BLE001 - any accelerator failure moves work to CPU
-            if self._fallback_factory is None or self.backend.name == "cpu":
+            if backend.name == "cpu" or (self._fallback_factory is None and "cpu" not in self.alternates):
                 raise
             _LOGGER.error(
                 "Features backend %s failed (%s); moving all streams to the CPU backend",
-                self.backend.name, err,
+                backend.name, err,
             )
-            failed, self.backend = self.backend, self._fallback_factory()
+            cpu = self.alternates.pop("cpu", None) or self._fallback_factory()
+            failed, self.backend, self.route, self.alternates = self.backend, cpu, None, {}
             try:
                 failed.close()
             except Exception:  # noqa: BLE001 - the failed device may not close cleanly
                 pass
-            return self._call(method, *args)
+            return self._call(cpu, method, *args)
 
-    def mel_steps(self, states: list[FeatureState], frames: np.ndarray, contexts: np.ndarray | None = None) -> np.ndarray:
+    def mel_steps(self, states: list[FeatureState], frames: np.ndarray, contexts: np.ndarray | None = None,
+                  backend: FeatureBackend | None = None) -> np.ndarray:
         """frames [B, 1280] int16 -> scaled mel [B, 8, 32] (per stream, per step clipping).
 
         `contexts` [B, 480]: the samples before each frame (default: the streams' own); a
         stream on its first step (`steps == 0`) has none and starts from silence instead."""
         batch = len(states)
+        backend = backend or self._pick(batch)
         if contexts is None:
             contexts = np.stack([s.context for s in states])
         mel = np.empty((batch, MEL_FRAMES_PER_STEP, MEL_BINS), np.float32)
@@ -226,10 +243,10 @@ class FeaturePipeline:
         if (~first).any():
             rows = np.flatnonzero(~first)
             audio = np.concatenate([contexts[rows], frames[rows]], axis=1)
-            mel[rows] = scale_mel(self._run("melspectrogram", audio.astype(np.float32)))
+            mel[rows] = scale_mel(self._run(backend, "melspectrogram", audio.astype(np.float32)))
         if first.any():
             rows = np.flatnonzero(first)
-            fresh = scale_mel(self._run("melspectrogram", frames[rows].astype(np.float32)))
+            fresh = scale_mel(self._run(backend, "melspectrogram", frames[rows].astype(np.float32)))
             mel[rows, : MEL_FRAMES_PER_STEP - FIRST_STEP_MEL_FRAMES] = self.silence.mel_frame
             mel[rows, MEL_FRAMES_PER_STEP - FIRST_STEP_MEL_FRAMES :] = fresh
         return mel
@@ -242,8 +259,8 @@ class FeaturePipeline:
 
     @property
     def multi_step(self) -> bool:
-        """Whether `advance` over K steps costs less than K single steps on this backend."""
-        return getattr(self.backend, "embed_steps", None) is not None
+        """Whether `advance` over K steps can cost less than K single steps (on some backend in use)."""
+        return any(getattr(b, "embed_steps", None) is not None for b in (self.backend, *self.alternates.values()))
 
     def advance(self, states: list[FeatureState], frames: np.ndarray) -> np.ndarray:
         """Run K consecutive frames [B, K, 1280] of every stream through the models; returns
@@ -252,42 +269,43 @@ class FeaturePipeline:
         end at each of the K steps (from `histories` and these embeddings)."""
         steps = frames.shape[1]
         slots = _slots(states)
+        backend = self._pick(len(states))
         contexts, gathered = self.pool.gather(slots)
-        if steps > 1 and self.multi_step:
+        if steps > 1 and getattr(backend, "embed_steps", None) is not None:
             # All K steps' audio as one mel batch (each step clipped on its own), one model call;
             # a stream on its first step has no context, and its first step goes on its own.
             if self.pool.steps[slots].all():
-                mel = self._mel_of_steps(frames, contexts)
+                mel = self._mel_of_steps(frames, contexts, backend)
             else:
-                later = self._mel_of_steps(frames[:, 1:], frames[:, 0, -MEL_CONTEXT_SAMPLES:])
-                mel = np.concatenate([self.mel_steps(states, frames[:, 0], contexts), later], axis=1)
-            embeddings, gathered = self._run("embed_steps", mel, gathered)
+                later = self._mel_of_steps(frames[:, 1:], frames[:, 0, -MEL_CONTEXT_SAMPLES:], backend)
+                mel = np.concatenate([self.mel_steps(states, frames[:, 0], contexts, backend), later], axis=1)
+            embeddings, gathered = self._run(backend, "embed_steps", mel, gathered)
         else:
             out = []
-            fused = getattr(self.backend, "features_step", None) is not None
+            fused = getattr(backend, "features_step", None) is not None
             for k in range(steps):
                 context = contexts if k == 0 else frames[:, k - 1, -MEL_CONTEXT_SAMPLES:]
                 if fused and (k > 0 or self.pool.steps[slots].all()):
                     # A backend that offers it runs mel, scaling and embedding in one device round trip.
                     audio = np.concatenate([context, frames[:, k]], axis=1).astype(np.float32)
-                    embedding, gathered = self._run("features_step", audio, gathered)
+                    embedding, gathered = self._run(backend, "features_step", audio, gathered)
                 else:
-                    mel = (self.mel_steps(states, frames[:, 0], context) if k == 0
-                           else self._mel_of_steps(frames[:, k : k + 1], context))
-                    embedding, gathered = self._run("embed_step", mel, gathered)
+                    mel = (self.mel_steps(states, frames[:, 0], context, backend) if k == 0
+                           else self._mel_of_steps(frames[:, k : k + 1], context, backend))
+                    embedding, gathered = self._run(backend, "embed_step", mel, gathered)
                 out.append(embedding)
             embeddings = np.stack(out, axis=1)
         self.pool.scatter(slots, frames[:, -1, -MEL_CONTEXT_SAMPLES:], gathered)
         return embeddings
 
-    def _mel_of_steps(self, frames: np.ndarray, contexts: np.ndarray) -> np.ndarray:
+    def _mel_of_steps(self, frames: np.ndarray, contexts: np.ndarray, backend: FeatureBackend) -> np.ndarray:
         """Scaled mel [B, 8K, 32] of K consecutive frames [B, K, 1280] whose first follows
         `contexts` [B, 480], in one call: each step's context is the previous frame's tail, and
         each row is clipped on its own."""
         batch, steps = frames.shape[:2]
         tails = np.concatenate([contexts[:, None], frames[:, :-1, -MEL_CONTEXT_SAMPLES:]], axis=1)
         audio = np.concatenate([tails, frames], axis=2).reshape(batch * steps, -1)
-        mel = self._run("melspectrogram", audio.astype(np.float32))
+        mel = self._run(backend, "melspectrogram", audio.astype(np.float32))
         return scale_mel(mel).reshape(batch, steps * MEL_FRAMES_PER_STEP, MEL_BINS)
 
     def push(self, states: list[FeatureState], embeddings: np.ndarray) -> None:
