@@ -62,6 +62,11 @@ def test_real_run_here_reports_missing_gpu_and_npu_with_fixes_and_exits_0(monkey
         (line,) = lines(text, topic)
         assert line.startswith("OK") and "ms per 80 ms step" in line and "real-time factor" in line
     assert lines(text, "features")[0].startswith("INFO") and "auto uses cpu" in text
+    # Each features backend at 1 and 64 streams, and where auto sends each batch size from that.
+    (line,) = lines(text, "features cpu by batch")
+    assert "ms a step at 1 stream" in line and "at 64" in line
+    (line,) = lines(text, "features auto")
+    assert line.startswith("INFO") and "every batch on cpu" in line  # no GPU here: PoCL is never weighed
     assert "the CPU pipeline works" in text
     for line in text.splitlines():  # every line is a section or says OK / INFO / WARN / MISSING
         assert line.startswith(("== ", "OK ", "INFO ", "WARN ", "MISSING ")), line

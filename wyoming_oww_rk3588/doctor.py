@@ -37,6 +37,7 @@ class Report:
         self.stream = stream or sys.stdout
         self.lines: list[tuple[str, str, str]] = []
         self.cpu_broken = False
+        self.auto_features = "cpu"  # the features backend `auto` takes here
 
     def add(self, status: str, topic: str, text: str) -> None:
         self.lines.append((status, topic, text))
@@ -376,6 +377,7 @@ def check_choice(r: Report, threads: int, rknn_options: dict) -> tuple[dict, lis
             backend, why = select_features(name, threads=threads)
             if name == "auto":
                 r.add("OK" if backend.name != "cpu" else "INFO", "features", f"auto uses {backend.name}: {why}")
+                r.auto_features = backend.name
             if backend.name in features:
                 backend.close()
             features.setdefault(backend.name, backend)
@@ -419,6 +421,26 @@ def _time_one(r: Report, topic: str, seconds: float, step, prefix: str = "") -> 
         cpu = topic.endswith(" cpu")  # the CPU is the floor: its failure fails the doctor
         r.cpu_broken |= cpu
         r.add("MISSING" if cpu else "WARN", topic, f"failed while timed ({type(err).__name__}: {err})")
+
+
+def route_features(r: Report, features: dict) -> None:
+    """Each features backend at one stream and at a large batch, and where `auto` sends each batch
+    size from that (the server measures the same way at start: backends/route.py)."""
+    from .backends.route import LARGE_BATCH, Route, measure
+
+    costs = {}
+    for name, backend in features.items():
+        try:
+            costs[name] = cost = measure(backend)
+        except Exception as err:  # noqa: BLE001 - report it and go on to the next backend
+            r.add("WARN", f"features {name} by batch", f"failed while timed at {LARGE_BATCH} streams ({type(err).__name__}: {err})")
+            continue
+        r.add("OK", f"features {name} by batch", f"{cost.at(1) * 1e3:.2f} ms a step at 1 stream, "
+              f"{cost.at(LARGE_BATCH) * 1e3:.1f} ms at {LARGE_BATCH} ({cost.per_stream_s * 1e3:.3f} ms a stream)")
+    # auto weighs only the CPU and the device it would take (a GPU, never a CPU OpenCL).
+    usable = [costs[n] for n in dict.fromkeys(["cpu", r.auto_features]) if n in costs]
+    if usable:
+        r.add("INFO", "features auto", Route(usable).describe())
 
 
 def time_stages(r: Report, features: dict, heads: list, seconds: float) -> None:
@@ -480,6 +502,9 @@ def main(argv: list[str] | None = None, stream=None) -> int:
         r.section(f"Timing ({args.seconds:g} s per stage and backend, one stream)")
         with r.guard("timing"):
             time_stages(r, features, heads, args.seconds)
+        r.section("Features per batch size (what auto routes where)")
+        with r.guard("routing"):
+            route_features(r, features)
     for backend in [*features.values(), *heads]:
         with r.guard("close"):
             backend.close()
