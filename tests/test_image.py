@@ -305,7 +305,7 @@ def test_addon_image_starts_s6_with_the_addons_services(daemon):
         tag = build(arch, "addon")
         config = json.loads(subprocess.run(["docker", "image", "inspect", tag, "--format", "{{json .Config}}"],
                                            capture_output=True, text=True, check=True).stdout)
-        assert config["Entrypoint"] == ["/init"] and not config["Cmd"], config
+        assert config["Entrypoint"] == ["/init"] and not config.get("Cmd"), config
         listing = subprocess.run(["bash", str(HELPER), "run", arch, "addon", f"wyoming-oww-ls-{os.getpid()}", "ls",
                                   "/etc/s6-overlay/s6-rc.d"], capture_output=True, text=True, timeout=300)
         assert set(listing.stdout.split()) >= {"openwakeword", "init-addon", "doctor", "discovery", "user"}, listing
