@@ -127,14 +127,20 @@ def test_a_failing_device_moves_every_batch_to_the_routes_cpu_and_loses_no_step(
 
 
 def test_engine_auto_times_an_accelerator_beside_the_cpu_and_says_what_goes_where(monkeypatch):
-    # The CPU's own arithmetic plus 0.25 s a call: slower than the CPU at every size.
+    # The CPU's own arithmetic plus 0.25 s a call: far slower than the CPU for one stream. (Where
+    # its line crosses the CPU's, if anywhere, depends on how busy the machine was while timed.)
     gpu = Timed("gpu", fixed_s=0.25, per_stream_s=0.0)
     monkeypatch.setattr(engine_module, "select_features", lambda *a, **k: (gpu, "gpu found"))
     engine = Engine(features_backend="auto", heads_backend="cpu")
     try:
-        assert engine.features.name == "cpu" and engine.features.route is None and gpu.closed
-        assert "routed by measured speed: every batch on cpu (cpu " in engine.features_reason
-        assert engine.backends["features"] == "cpu"
+        assert "routed by measured speed: " in engine.features_reason
+        assert engine.backends["features"] in ("cpu", "cpu+gpu")
+        if engine.features.route is None:  # slower at every size: closed, the CPU alone
+            assert engine.features.name == "cpu" and gpu.closed
+        assert engine.features.route is None or engine.features.route.pick(1) == "cpu"
+        gpu.batches.clear()
+        engine.features.step([engine.features.new_state(16)], frames(1, 0))
+        assert gpu.batches == []  # one stream never waits for the slow device
     finally:
         engine.close()
     # Asked for by name, a backend is used as asked: no timing, no route.
